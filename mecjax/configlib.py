@@ -1,0 +1,131 @@
+"""The one schema of every config key, and the helpers configs and the loop share.
+
+Config files start from ``base()`` and override what they need. ``base()`` returns a
+*locked* ConfigDict: assigning a key that is not listed here raises at once, in the file or
+on the command line (``--config.optim.lr=...`` names ``lr`` and the keys that exist), so a
+misspelt key never silently does nothing. Keys that later issues need are added here, with
+their default, in the same change that reads them.
+
+Durations are given in steps or in epochs (``total_steps`` / ``total_epochs``,
+``warmup_steps`` / ``warmup_epochs``, ...); ``duration()`` resolves either.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+from ml_collections import config_dict
+
+placeholder = config_dict.placeholder
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.method = "mec"                    # mecjax.methods.METHODS
+  c.batch_size = 512                  # global, over every device of every process
+  c.total_steps = placeholder(int)
+  c.total_epochs = placeholder(float)
+  c.log_every_steps = 50
+
+  c.model = dict(name="resnet18_cifar", width=1.0, zero_init_residual=True,
+                 dtype="float32")     # computation dtype; parameters stay float32
+  c.projector = dict(hidden=(2048,), out_dim=2048, out_bn="no_affine")
+  c.predictor = dict(hidden=(512,), out_dim=2048, out_bn=placeholder(str))
+
+  c.data = dict(
+      name="cifar10",                 # tfds name, used when data.path is unset
+      path=placeholder(str),          # local folder or .tar/.tar.gz of <split>/<class>/<img>
+      data_dir=placeholder(str),      # tfds data_dir
+      train_split="train",
+      eval_split="test",              # kNN queries and probe accuracy
+      image_size=32,                  # for host-side decode/resize of the eval split
+      max_train_examples=placeholder(int),  # deterministic class-balanced subset
+      max_eval_examples=placeholder(int),
+      in_memory=placeholder(bool),    # decode the whole split once; default: image_size <= 64
+      host_threads=8,
+      prefetch_batches=4,
+  )
+  c.aug = dict(
+      name="cifar",                   # mecjax.data.augment.RECIPES
+      crop_scale=(0.2, 1.0),
+      jitter=(0.4, 0.4, 0.2, 0.1),    # brightness, contrast, saturation, hue (torchvision)
+      jitter_prob=0.8,
+      grayscale_prob=0.2,
+      blur_prob=(0.0, 0.0),           # per view
+      solarize_prob=(0.0, 0.2),       # per view
+      mean=(0.4914, 0.4822, 0.4465),
+      std=(0.2470, 0.2435, 0.2616),
+  )
+
+  c.optim = dict(
+      name="sgd",                     # sgd | lars | adamw
+      base_lr=0.03,                   # lr = base_lr x batch_size / 256
+      end_lr_factor=0.0,              # cosine ends at end_lr_factor x lr
+      warmup_steps=placeholder(int),
+      warmup_epochs=placeholder(float),
+      momentum=0.9,
+      nesterov=False,
+      weight_decay=5e-4,
+      exclude_1d=False,               # no decay / adaptation on biases and norm params
+      trust_coefficient=0.001,        # lars
+      b1=0.9, b2=0.999,               # adamw
+  )
+  c.ema = dict(momentum=0.996, final_momentum=1.0)  # cosine per step; 0: weight sharing
+
+  c.mec = dict(
+      eps_sq=64.0,                    # official --eps: lamda_inv = batch * eps_sq / out_dim
+      order=4,
+      lamda_warmup_factor=8.0,        # lamda_inv warms up from factor x lamda_inv
+      lamda_warmup_steps=placeholder(int),
+      lamda_warmup_epochs=placeholder(float),
+  )
+
+  c.checkpoint = dict(every_steps=placeholder(int), every_epochs=placeholder(float), keep=3)
+  c.knn = dict(enabled=True, every_steps=placeholder(int), every_epochs=placeholder(float),
+               k=200, temperature=0.1, max_train_examples=placeholder(int))
+  c.probe = dict(enabled=True, lr=0.1, momentum=0.9, weight_decay=0.0)
+  c.eval_batch_size = 512
+  c.lock()
+  return c
+
+
+def apply_variants(config: ml_collections.ConfigDict, arg: str | None,
+                   variants: dict) -> ml_collections.ConfigDict:
+  """Apply the comma-separated variants in ``arg`` (``"smoke"``, ``"cpu"``, ...) in order."""
+  for name in filter(None, (arg or "").split(",")):
+    if name not in variants:
+      raise ValueError(f"unknown config variant {name!r}: expected one of {sorted(variants)}")
+    variants[name](config)
+  return config
+
+
+def duration(cfg, name: str, steps_per_epoch: float, default: int | None = None) -> int | None:
+  """Resolve ``cfg.<name>_steps`` or ``cfg.<name>_epochs`` (exactly one may be set) to steps."""
+  steps, epochs = cfg.get(f"{name}_steps"), cfg.get(f"{name}_epochs")
+  if steps is not None and epochs is not None:
+    raise ValueError(f"config sets both {name}_steps={steps} and {name}_epochs={epochs}: "
+                     "keep one")
+  if steps is not None:
+    return int(steps)
+  if epochs is not None:
+    return int(round(epochs * steps_per_epoch))
+  return default
+
+
+def unknown_key_message(config: ml_collections.ConfigDict, dotted: str) -> str:
+  """One line for a key that is not in the schema, with the nearest existing keys."""
+  known = sorted(_flatten(config))
+  near = difflib.get_close_matches(dotted, known, n=3, cutoff=0.6)
+  hint = f"; did you mean {' or '.join(near)}?" if near else ""
+  return f"config key {dotted!r} does not exist{hint}"
+
+
+def _flatten(cfg, prefix=""):
+  for key, value in cfg.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _flatten(value, path + ".")
+    else:
+      yield path

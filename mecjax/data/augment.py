@@ -1,0 +1,274 @@
+"""Device-side view augmentation, inside the jitted train step (dm-pix colour ops).
+
+Every random draw is a function of ``(seed, step, sample index)``: the key of sample ``i``
+at step ``s`` is ``fold_in(fold_in(key(seed), s), i)`` (the run's key is kept in the train
+state), so views do not depend on the device
+count, the process count or on a resume.
+
+Op semantics follow torchvision, which the official recipes use: ``RandomResizedCrop``
+(10 attempts, then a centre crop), ``ColorJitter`` (brightness/contrast/saturation as blends,
+hue as an HSV shift, the four in a random order per image), ``RandomGrayscale`` (rec.601
+luma in three channels), PIL's solarize (threshold 128 of 255), Gaussian blur with
+sigma ~ U(0.1, 2).
+
+Recipes (``config.aug.name``):
+- ``cifar``: crops taken here from the whole decoded image (a 32x32 data set ships whole
+  images, cheaply); no blur by default; solarize on view 2 only.
+- ``mocov3``: crops and flips taken on the host from the full-size decoded image
+  (``host_ops``), colour, blur and solarize here; view 1 blur p=1, view 2 blur p=0.1 and
+  solarize p=0.2 (MoCo v3 / official MEC).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mecjax.data import host_ops
+
+SOLARIZE_THRESHOLD = 128 / 255
+
+
+# ----------------------------------------------------------------------- keys
+
+
+def sample_keys(key: jax.Array, step, index: jax.Array, num: int) -> jax.Array:
+  """(B, num) keys for ``num`` independent draws of each sample at ``step``; ``key`` is the
+  run's key (``jax.random.key(seed)``)."""
+  step_key = jax.random.fold_in(key, step)
+  keys = jax.vmap(lambda i: jax.random.fold_in(step_key, i))(index)
+  return jax.vmap(lambda k: jax.random.split(k, num))(keys)
+
+
+# -------------------------------------------------------------- crop (device)
+
+
+def crop_box(key, height: int, width: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  """torchvision ``RandomResizedCrop.get_params`` with its 10 attempts drawn at once."""
+  k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
+  area = height * width
+  target = area * jax.random.uniform(k_area, (10,), minval=scale[0], maxval=scale[1])
+  aspect = jnp.exp(jax.random.uniform(k_ratio, (10,), minval=math.log(ratio[0]),
+                                      maxval=math.log(ratio[1])))
+  w = jnp.round(jnp.sqrt(target * aspect))
+  h = jnp.round(jnp.sqrt(target / aspect))
+  ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+  first = jnp.argmax(ok)
+  # Fallback (all 10 attempts out of bounds): the centre crop with the ratio clamped.
+  in_ratio = width / height
+  if in_ratio < ratio[0]:
+    fw, fh = width, round(width / ratio[0])
+  elif in_ratio > ratio[1]:
+    fw, fh = round(height * ratio[1]), height
+  else:
+    fw, fh = width, height
+  h = jnp.where(ok.any(), h[first], fh)
+  w = jnp.where(ok.any(), w[first], fw)
+  top = jnp.floor(jax.random.uniform(k_top) * (height - h + 1))
+  left = jnp.floor(jax.random.uniform(k_left) * (width - w + 1))
+  top = jnp.where(ok.any(), top, (height - h) // 2)
+  left = jnp.where(ok.any(), left, (width - w) // 2)
+  return top, left, h, w
+
+
+def crop_resize(image: jax.Array, box, size: int) -> jax.Array:
+  """Crop ``box = (top, left, h, w)`` of one HxWxC float image and resize it (bilinear,
+  antialiased when shrinking, as PIL) to ``size x size``."""
+  top, left, h, w = box
+  scale = jnp.stack([size / h, size / w])
+  translation = -jnp.stack([top, left]) * scale
+  return jax.image.scale_and_translate(image, (size, size, image.shape[-1]), (0, 1), scale,
+                                       translation, method="linear", antialias=True)
+
+
+# --------------------------------------------------------------- colour ops
+
+
+def _gray(x):
+  return pix.rgb_to_grayscale(x, keep_dims=True)
+
+
+def _blend(a, b, factor):
+  return jnp.clip(factor * a + (1 - factor) * b, 0.0, 1.0)
+
+
+def _brightness(x, f):
+  return jnp.clip(x * f[:, None, None, None], 0.0, 1.0)
+
+
+def _contrast(x, f):
+  mean = jnp.mean(_gray(x), axis=(1, 2, 3), keepdims=True)
+  return _blend(x, mean, f[:, None, None, None])
+
+
+def _saturation(x, f):
+  return _blend(x, _gray(x), f[:, None, None, None])
+
+
+def _hue(x, delta):
+  hsv = pix.rgb_to_hsv(x)
+  hue = jnp.mod(hsv[..., 0] + delta[:, None, None], 1.0)
+  return jnp.clip(pix.hsv_to_rgb(jnp.stack([hue, hsv[..., 1], hsv[..., 2]], -1)), 0.0, 1.0)
+
+
+def color_jitter(keys, x, strength: Sequence[float], prob: float):
+  """torchvision ``RandomApply([ColorJitter(*strength)], p=prob)`` on a (B,H,W,3) batch.
+
+  The four adjustments run in a random order per image; an image the coin skips gets
+  identity factors.
+  """
+  b, c, s, h = strength
+
+  def draws(key):
+    kb, kc, ks, kh, kp, kapply = jax.random.split(key, 6)
+    f = jnp.stack([
+        jax.random.uniform(kb, minval=max(0.0, 1 - b), maxval=1 + b),
+        jax.random.uniform(kc, minval=max(0.0, 1 - c), maxval=1 + c),
+        jax.random.uniform(ks, minval=max(0.0, 1 - s), maxval=1 + s),
+        jax.random.uniform(kh, minval=-h, maxval=h)])
+    apply = jax.random.bernoulli(kapply, prob)
+    f = jnp.where(apply, f, jnp.array([1.0, 1.0, 1.0, 0.0]))
+    return f, jax.random.permutation(kp, 4)
+
+  factors, order = jax.vmap(draws)(keys)
+  ops = (lambda y: _brightness(y, factors[:, 0]), lambda y: _contrast(y, factors[:, 1]),
+         lambda y: _saturation(y, factors[:, 2]), lambda y: _hue(y, factors[:, 3]))
+  for position in range(4):
+    which = order[:, position][:, None, None, None]
+    outs = [op(x) for op in ops]
+    x = jnp.select([which == i for i in range(4)], outs)
+  return x
+
+
+def _coin(keys, prob):
+  return jax.vmap(lambda k: jax.random.bernoulli(k, prob))(keys)[:, None, None, None]
+
+
+def random_grayscale(keys, x, prob: float):
+  return jnp.where(_coin(keys, prob), jnp.broadcast_to(_gray(x), x.shape), x)
+
+
+def random_solarize(keys, x, prob: float):
+  return jnp.where(_coin(keys, prob), pix.solarize(x, SOLARIZE_THRESHOLD), x)
+
+
+def random_blur(keys, x, prob: float, sigma=(0.1, 2.0)):
+  """``RandomApply([GaussianBlur(sigma ~ U(0.1, 2))], p=prob)``; kernel covers 3 sigma."""
+  kernel = 2 * math.ceil(3 * sigma[1]) + 1
+
+  def one(key, image):
+    k_sigma, k_apply = jax.random.split(key)
+    s = jax.random.uniform(k_sigma, minval=sigma[0], maxval=sigma[1])
+    blurred = pix.gaussian_blur(image, s, kernel)
+    return jnp.where(jax.random.bernoulli(k_apply, prob), blurred, image)
+
+  return jax.vmap(one)(keys, x)
+
+
+def random_flip(keys, x):
+  return jnp.where(_coin(keys, 0.5), x[:, :, ::-1], x)
+
+
+def normalize(x, mean, std):
+  return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(std, x.dtype)
+
+
+# ------------------------------------------------------------------- recipes
+
+
+class Recipe:
+  """Two-view (more with multi-crop) augmentation: a host part and a device part."""
+
+  def __init__(self, cfg, image_size: int, seed: int):
+    if len(cfg.blur_prob) != len(cfg.solarize_prob):
+      raise ValueError("config.aug.blur_prob and config.aug.solarize_prob need one entry "
+                       f"per view, got {cfg.blur_prob} and {cfg.solarize_prob}")
+    self.cfg, self.size, self.seed = cfg, image_size, seed
+    self.num_views = len(cfg.blur_prob)
+
+  # Host side: None = ship the decoded image whole.
+  def host_transform(self):
+    return None
+
+  def eval_transform(self):
+    """Host transform of one eval image (decoded uint8) before it is batched."""
+    size = self.size
+    return lambda image: host_ops.resize_center_crop(image, size, resize=size) \
+        if image.shape[:2] != (size, size) else image
+
+  def crops(self, keys, images) -> list[jax.Array]:
+    """float (B,S,S,3) crops in [0, 1], one per view."""
+    raise NotImplementedError
+
+  def views(self, images: jax.Array, index: jax.Array, step, key: jax.Array
+            ) -> list[jax.Array]:
+    """The augmented, normalised views of a uint8 batch, keyed by (key, step, index)."""
+    cfg = self.cfg
+    keys = sample_keys(key, step, index, 5 * self.num_views + 1)
+    crops = self.crops(keys[:, -1], images)
+    out = []
+    for v, x in enumerate(crops):
+      k = keys[:, 5 * v:5 * v + 5]
+      x = color_jitter(k[:, 0], x, cfg.jitter, cfg.jitter_prob)
+      x = random_grayscale(k[:, 1], x, cfg.grayscale_prob)
+      if cfg.blur_prob[v] > 0:
+        x = random_blur(k[:, 2], x, cfg.blur_prob[v])
+      if cfg.solarize_prob[v] > 0:
+        x = random_solarize(k[:, 3], x, cfg.solarize_prob[v])
+      out.append(normalize(x, cfg.mean, cfg.std))
+    return out
+
+  def eval_view(self, images: jax.Array) -> jax.Array:
+    return normalize(images.astype(jnp.float32) / 255.0, self.cfg.mean, self.cfg.std)
+
+
+class DeviceCropRecipe(Recipe):
+  """Crops and flips on the device from whole (small) images: the CIFAR recipe."""
+
+  def crops(self, keys, images):
+    images = images.astype(jnp.float32) / 255.0
+    height, width = images.shape[1:3]
+    out = []
+    for v in range(self.num_views):
+      k = jax.vmap(lambda key: jax.random.split(jax.random.fold_in(key, v), 2))(keys)
+      boxes = jax.vmap(lambda key: crop_box(key, height, width, tuple(self.cfg.crop_scale)))(
+          k[:, 0])
+      x = jax.vmap(lambda im, box: crop_resize(im, box, self.size))(images, boxes)
+      out.append(random_flip(k[:, 1], x))
+    return out
+
+
+class HostCropRecipe(Recipe):
+  """Crops and flips on the host from the full-size image (MoCo v3 at 224)."""
+
+  def host_transform(self):
+    seed, size, scale, views = self.seed, self.size, tuple(self.cfg.crop_scale), self.num_views
+
+    def transform(ex: dict, step: int) -> dict:
+      rng = np.random.default_rng([seed, step, int(ex["index"])])
+      crops = [host_ops.random_resized_crop_flip(ex["image"], rng, size, scale)
+               for _ in range(views)]
+      return {**ex, "image": np.stack(crops)}
+    return transform
+
+  def eval_transform(self):
+    size = self.size
+    return lambda image: host_ops.resize_center_crop(image, size)
+
+  def crops(self, keys, images):
+    images = images.astype(jnp.float32) / 255.0   # (B, V, S, S, 3)
+    return [images[:, v] for v in range(images.shape[1])]
+
+
+RECIPES = {"cifar": DeviceCropRecipe, "mocov3": HostCropRecipe}
+
+
+def get_recipe(cfg, image_size: int, seed: int) -> Recipe:
+  if cfg.name not in RECIPES:
+    raise ValueError(f"config.aug.name={cfg.name!r}: expected one of {sorted(RECIPES)}")
+  return RECIPES[cfg.name](cfg, image_size, seed)

@@ -1,0 +1,130 @@
+"""Maximum Entropy Coding (Liu et al., NeurIPS 2022), as the official code computes it.
+
+Notation: ``m`` rows (the global batch), ``d`` embedding width, ``x̂`` the row-wise L2
+normalisation ``x / max(||x||, 1e-12)`` (``torch.nn.functional.normalize``), and
+
+    C = ẑ1 ẑ2ᵀ / lamda_inv        (m x m, "batch-wise")
+
+``Tr(Cᵏ)`` equals ``Tr(((ẑ1ᵀ ẑ2) / lamda_inv)ᵏ)`` (the d x d, "feature-wise" form), so each
+function below builds whichever of the two matrices is smaller; the value is the same.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """Row-wise ``x / max(||x||_2, eps)``, as ``torch.nn.functional.normalize``."""
+  norm = jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True))
+  return x / jnp.maximum(norm, eps)
+
+
+def _as_float(x: jax.Array) -> jax.Array:
+  # The series, the log-det and their reductions stay in at least float32 even when the
+  # network computes in bfloat16; float64 inputs stay float64 (parity tests).
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _check_pair(z1: jax.Array, z2: jax.Array) -> tuple[int, int]:
+  if z1.ndim != 2 or z1.shape != z2.shape:
+    raise ValueError(
+        f"MEC expects two (m, d) embeddings of the same shape, got {z1.shape} and {z2.shape}")
+  return z1.shape
+
+
+def correlation(z1: jax.Array, z2: jax.Array, lamda_inv) -> jax.Array:
+  """The smaller of ``ẑ1 ẑ2ᵀ / lamda_inv`` (m x m) and ``ẑ1ᵀ ẑ2 / lamda_inv`` (d x d).
+
+  Both have the same non-zero spectrum, so traces of powers, ``logdet(I + .)`` and the
+  spectral norm agree between them.
+  """
+  m, d = _check_pair(z1, z2)
+  a = l2_normalize(_as_float(z1))
+  b = l2_normalize(_as_float(z2))
+  c = a @ b.T if m <= d else a.T @ b
+  return c / lamda_inv
+
+
+def power_traces(c: jax.Array, order: int) -> list[jax.Array]:
+  """``[Tr(C), Tr(C²), ..., Tr(C^order)]`` of a square matrix.
+
+  Forms the powers up to ``p = ceil(order / 2)`` and takes each higher trace as a
+  Frobenius product, ``Tr(Cᵃ Cᵇ) = sum(Cᵃ ∘ (Cᵇ)ᵀ)`` with ``a = p``, ``b = k - p``: order 4
+  costs one matrix product beyond C (C²) instead of three.
+  """
+  if order < 1:
+    raise ValueError(f"order must be >= 1, got {order}")
+  top = (order + 1) // 2
+  powers = [c]
+  for _ in range(top - 1):
+    powers.append(powers[-1] @ c)
+  traces = [jnp.trace(p) for p in powers]
+  for k in range(top + 1, order + 1):
+    traces.append(jnp.sum(powers[top - 1] * powers[k - top - 1].T))
+  return traces
+
+
+def taylor_log_trace(c: jax.Array, order: int) -> jax.Array:
+  """``Tr Σ_{k=1..order} (-1)^(k+1) Cᵏ / k``, the order-n Taylor series of ``Tr log(I + C)``."""
+  traces = power_traces(c, order)
+  return sum(((-1) ** (k + 1)) * t / k for k, t in enumerate(traces, start=1))
+
+
+def mec_loss(z1: jax.Array, z2: jax.Array, *, lamda_inv, order: int = 4) -> jax.Array:
+  """One pairing of the official MEC training loss.
+
+      mec_loss = -(lamda_inv / m) · Tr Σ_{k=1..order} (-1)^(k+1) (ẑ1 ẑ2ᵀ / lamda_inv)ᵏ / k
+
+  Args:
+    z1, z2: (m, d) embeddings of two views (rows are samples; the global batch). Rows are
+      L2-normalised here. The function is symmetric in its two arguments.
+    lamda_inv: ``1 / lambda = m * eps² / d`` (scalar, may be traced: it is warmed up).
+    order: number of Taylor terms (official: 4).
+
+  Returns:
+    A scalar. At order 1 it is minus the mean cosine similarity of the m row pairs; order k
+    is weighted by ``lambda^(k-1)``. The m x m or d x d form is chosen by shape.
+  """
+  m, _ = _check_pair(z1, z2)
+  return -(lamda_inv / m) * taylor_log_trace(correlation(z1, z2, lamda_inv), order)
+
+
+def mec_logdet(z1: jax.Array, z2: jax.Array, *, lamda_inv) -> jax.Array:
+  """The exact objective the series approximates, ``-(lamda_inv / m) · logdet(I + C)``.
+
+  ``C = ẑ1 ẑ2ᵀ / lamda_inv`` is not symmetric; by Sylvester's identity
+  ``det(I_m + A Bᵀ) = det(I_d + Bᵀ A)`` the smaller determinant is taken. The log of the
+  absolute determinant is returned (``slogdet``); it equals ``logdet`` whenever
+  ``det(I + C) > 0``, which holds whenever ``||C||_2 < 1``.
+
+  Args:
+    z1, z2: (m, d) embeddings (rows L2-normalised here).
+    lamda_inv: scalar ``1 / lambda``.
+  Returns:
+    A scalar.
+  """
+  m, _ = _check_pair(z1, z2)
+  c = correlation(z1, z2, lamda_inv)
+  _, logabsdet = jnp.linalg.slogdet(jnp.eye(c.shape[0], dtype=c.dtype) + c)
+  return -(lamda_inv / m) * logabsdet
+
+
+def mec_spectral_norm(z1: jax.Array, z2: jax.Array, *, lamda_inv,
+                      iterations: int = 20) -> jax.Array:
+  """Power-iteration estimate of ``||C||_2`` (the Taylor series diverges at 1).
+
+  A lower bound that tightens with ``iterations``; it is a logged monitor, so no gradient
+  flows through it.
+  """
+  c = jax.lax.stop_gradient(correlation(z1, z2, lamda_inv))
+  gram = c.T @ c
+  v = jnp.ones((gram.shape[0],), gram.dtype) / jnp.sqrt(gram.shape[0])
+
+  def body(_, v):
+    w = gram @ v
+    return w / jnp.maximum(jnp.linalg.norm(w), 1e-30)
+
+  v = jax.lax.fori_loop(0, iterations, body, v)
+  return jnp.sqrt(jnp.maximum(v @ (gram @ v), 0.0))

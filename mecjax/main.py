@@ -1,0 +1,109 @@
+r"""Command line: ``python -m mecjax.main --config=configs/NAME.py[:VARIANT] --workdir=DIR
+[--config.KEY=VALUE ...]``; everything else is ``mecjax.train.run``.
+
+Rerunning the same command resumes from the newest checkpoint in DIR. Bad input (a key that
+does not exist, a missing data path, a split that does not exist, a batch that does not
+split over the devices, a workdir of another model) stops with one line on stderr and exit
+status 2; a non-finite loss stops with exit status 3.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# CPU speed: XLA's YNNPACK fusions of the BN reductions are slower than XLA's own on x86
+# (benchmarks/RESULTS.md); switched off unless the user set XLA_FLAGS themselves. The flag
+# must be in the environment before the XLA backend starts.
+if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", "") and \
+    os.environ.get("MECJAX_DEFAULT_XLA_FLAGS", "1") == "1":
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_cpu_experimental_ynn_fusion_type=").strip()
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging as absl_logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, as configs/NAME.py or configs/NAME.py:VARIANT.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, logs.")
+
+
+def setup_logging() -> None:
+  """mecjax's progress on stdout; other libraries' INFO chatter (orbax, grain) silenced."""
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logger = logging.getLogger("mecjax")
+  if not logger.handlers:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger.addHandler(handler)
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+
+
+def fail(message: str, status: int = 2) -> None:
+  print(f"mecjax: error: {message}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    fail(f"unexpected arguments {argv[1:]}: use --config=... --workdir=... --config.KEY=VALUE")
+  if not _WORKDIR.value:
+    fail("--workdir is required")
+  setup_logging()
+  from mecjax import parallel
+  parallel.initialize_distributed()
+  import jax
+  if jax.process_index() != 0:
+    logging.getLogger("mecjax").setLevel(logging.WARNING)
+
+  from mecjax import checkpoint, train
+  from mecjax.data.sources import DataError
+  try:
+    train.run(_CONFIG.value, _WORKDIR.value)
+  except (DataError, checkpoint.CheckpointMismatch) as e:
+    fail(str(e))
+  except train.NonFiniteError as e:
+    fail(str(e), status=3)
+  except (ValueError, KeyError, AttributeError, TypeError) as e:
+    # Config-shaped mistakes (a bad name or value) as one line; real bugs keep their trace.
+    if _is_config_error(e):
+      fail(str(e))
+    raise
+
+
+def _is_config_error(e: Exception) -> bool:
+  return "config" in str(e)
+
+
+def _flag_errors(argv):
+  """Parse flags, turning a config-key error into one clear line."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+    key = _missing_key(message)
+    if key is not None:
+      from mecjax import configlib
+      fail(configlib.unknown_key_message(configlib.base(), key))
+    fail(message.splitlines()[0] if message else repr(e))
+
+
+def _missing_key(message: str) -> str | None:
+  """The dotted key of an override that named a key that does not exist, if that is it."""
+  import re
+  m = re.search(r"--config\.([\w.]+)", message) or re.search(r"config\.([\w.]+)", message)
+  return m.group(1) if m and ("does not exist" in message or "not find" in message
+                              or "KeyError" in message or "not found" in message) else None
+
+
+def run_cli() -> None:
+  app.run(main, flags_parser=_flag_errors)
+
+
+if __name__ == "__main__":
+  run_cli()

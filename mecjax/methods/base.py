@@ -1,0 +1,131 @@
+"""What every method gives the loop, and the network wrapper methods share.
+
+A method owns its network (encoder + heads), its non-trainable state (BN statistics, and
+whatever else it keeps: a queue, the teacher's statistics), how views pair, and which loss
+terms it logs. The loop owns everything else: optimiser, sharding, checkpoints, evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mecjax import models
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+  """Run-level numbers a method may need (schedules, the global batch of its loss)."""
+  global_batch: int
+  steps_per_epoch: int
+  total_steps: int
+
+
+class SSLNet(nn.Module):
+  """encoder -> projector -> predictor; each head optional.
+
+  ``__call__`` returns ``{'features', 'embedding', 'prediction'}`` (the last two fall back to
+  the previous output when a head is absent); ``embed`` stops before the predictor (a
+  teacher's path); ``features`` is the encoder alone (evaluation).
+  """
+  encoder: nn.Module
+  projector: nn.Module | None = None
+  predictor: nn.Module | None = None
+
+  def embed(self, x, train: bool = True):
+    features = self.encoder(x, train=train)
+    z = self.projector(features, train=train) if self.projector is not None else features
+    return {"features": features, "embedding": z}
+
+  def __call__(self, x, train: bool = True):
+    out = self.embed(x, train)
+    z = out["embedding"]
+    out["prediction"] = self.predictor(z, train=train) if self.predictor is not None else z
+    return out
+
+  def features(self, x, train: bool = False):
+    return self.encoder(x, train=train)
+
+
+def mlp_head(cfg, dtype) -> models.MLPHead | None:
+  """An MLPHead from a ``config.projector`` / ``config.predictor`` block (None if out_dim=0)."""
+  if not cfg.out_dim:
+    return None
+  return models.MLPHead(hidden=tuple(cfg.hidden), out_dim=cfg.out_dim, out_bn=cfg.out_bn,
+                        dtype=dtype)
+
+
+def apply(net: nn.Module, params, batch_stats, x, *, train: bool, method=None):
+  """Apply ``net``; returns (output, batch_stats after the call)."""
+  variables = {"params": params, "batch_stats": batch_stats}
+  if not train:
+    return net.apply(variables, x, train=False, method=method), batch_stats
+  out, mutated = net.apply(variables, x, train=True, mutable=["batch_stats"], method=method)
+  return out, mutated["batch_stats"]
+
+
+@dataclasses.dataclass
+class LossOutput:
+  """What ``Method.loss`` returns beside the scalar loss.
+
+  metrics: scalars to log (the loop adds lr, probe and timing figures).
+  state: the method's non-trainable state after the step.
+  features: stop-gradient backbone features of each view, for the online probe.
+  embedding: an online embedding (B, d) for the collapse monitors.
+  """
+  metrics: dict
+  state: Any
+  features: list
+  embedding: jax.Array
+
+
+jax.tree_util.register_dataclass(LossOutput, data_fields=["metrics", "state", "features",
+                                                          "embedding"], meta_fields=[])
+
+
+class Method:
+  """Base of the methods. Subclasses set ``uses_target`` and implement ``loss``."""
+
+  name = "base"
+  uses_target = False   # keep an EMA target (teacher) in the optimiser state
+
+  def __init__(self, config, run: RunInfo):
+    self.config, self.run = config, run
+    self.net = self.build_network()
+
+  def build_network(self) -> nn.Module:
+    cfg = self.config
+    dtype = models.dtype_of(cfg.model)
+    return SSLNet(encoder=models.get_encoder(cfg.model), projector=mlp_head(cfg.projector, dtype),
+                  predictor=mlp_head(cfg.predictor, dtype))
+
+  def init(self, rng, image_shape) -> tuple[Any, Any]:
+    """(params, state) for one view of shape (B, H, W, C)."""
+    variables = self.net.init(rng, jnp.zeros(image_shape, jnp.float32), train=True)
+    state = {"batch_stats": variables["batch_stats"]}
+    if self.uses_target:
+      state["target_batch_stats"] = variables["batch_stats"]
+    return variables["params"], state
+
+  def encode(self, params, state, images) -> jax.Array:
+    """Backbone features in eval mode (running BN statistics): kNN, probe, export."""
+    return self.net.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
+                          train=False, method=SSLNet.features)
+
+  def loss(self, params, state, target, views, step) -> tuple[jax.Array, LossOutput]:
+    raise NotImplementedError
+
+  # Helpers for subclasses -------------------------------------------------------
+
+  def forward_views(self, params, batch_stats, views, method=None):
+    """Forward each view separately (per-view BN statistics over the global batch), in
+    order, threading the running statistics as PyTorch's sequential calls do."""
+    outs = []
+    for v in views:
+      out, batch_stats = apply(self.net, params, batch_stats, v, train=True, method=method)
+      outs.append(out)
+    return outs, batch_stats

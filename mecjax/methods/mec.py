@@ -1,0 +1,77 @@
+"""MEC: Maximum Entropy Coding with an EMA teacher, as the official code trains it.
+
+Network: encoder -> projector -> predictor (online); the teacher is encoder -> projector
+with the EMA target parameters (``optim.ema_target``), run with batch statistics, no
+gradient. Views pair crossed: teacher of view 1 with the online prediction of view 2 and
+the reverse,
+
+    loss = ( mec_loss(t1, o2) + mec_loss(t2, o1) ) / 2
+         = -(lamda_inv / 2m) (T(t1, o2) + T(t2, o1))
+
+with ``lamda_inv = m eps² / d`` warmed up linearly from ``8 lamda_inv`` over the first 10
+epochs (per step), ``m`` the global batch and ``d`` the embedding width.
+
+Logged: ``mec`` = ``mu (T1 + T2) / 2m`` with ``mu = (m + d) / 2`` (the paper's per-sample coding
+length, which never enters the gradient), ``lamda_inv``, ``c_norm`` (an estimate of ``||C||_2``
+of the first pairing: the Taylor series diverges at 1) and ``pos_cosine`` (the
+mean cosine of the positive pairs; the order-1 term of the loss is minus it).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mecjax import configlib
+from mecjax import losses
+from mecjax.losses.mec import l2_normalize
+from mecjax.methods.base import LossOutput, Method
+
+
+class MEC(Method):
+  name = "mec"
+  uses_target = True
+
+  def __init__(self, config, run):
+    super().__init__(config, run)
+    cfg = config.mec
+    self.out_dim = config.predictor.out_dim or config.projector.out_dim
+    m = run.global_batch
+    self.base_lamda_inv = m * cfg.eps_sq / self.out_dim
+    self.mu = (m + self.out_dim) / 2
+    warmup = configlib.duration(cfg, "lamda_warmup", run.steps_per_epoch, default=0)
+    warmup = min(warmup, run.total_steps)
+    start = cfg.lamda_warmup_factor * self.base_lamda_inv
+    self.lamda_inv = (optax.linear_schedule(start, self.base_lamda_inv, warmup) if warmup
+                      else optax.constant_schedule(self.base_lamda_inv))
+
+  def loss(self, params, state, target, views, step):
+    if len(views) != 2:
+      raise ValueError(f"MEC pairs two global views, got {len(views)}")
+    online, batch_stats = self.forward_views(params, state["batch_stats"], views)
+    teacher, target_stats = self.forward_views(target, state["target_batch_stats"], views,
+                                               method="embed")
+    t = [jax.lax.stop_gradient(o["embedding"]) for o in teacher]
+    o = [out["prediction"] for out in online]
+
+    lamda_inv = self.lamda_inv(step)
+    order = self.config.mec.order
+    l12 = losses.mec_loss(t[0], o[1], lamda_inv=lamda_inv, order=order)
+    l21 = losses.mec_loss(t[1], o[0], lamda_inv=lamda_inv, order=order)
+    loss = (l12 + l21) / 2
+
+    cosine = lambda a, b: jnp.mean(jnp.sum(l2_normalize(a) * l2_normalize(b), axis=-1))
+    metrics = {
+        # T = -(m / lamda_inv) mec_loss, so mu (T1 + T2) / 2m = -mu loss / lamda_inv.
+        "mec": jax.lax.stop_gradient(-self.mu * loss / lamda_inv),
+        "lamda_inv": lamda_inv,
+        "c_norm": losses.mec_spectral_norm(t[0], o[1], lamda_inv=lamda_inv),
+        # The order-1 term of the loss is minus this mean positive-pair cosine.
+        "pos_cosine": jax.lax.stop_gradient((cosine(t[0], o[1]) + cosine(t[1], o[0])) / 2),
+    }
+    return loss, LossOutput(
+        metrics=metrics,
+        state={"batch_stats": batch_stats, "target_batch_stats": target_stats},
+        features=[jax.lax.stop_gradient(out["features"]) for out in online],
+        embedding=online[0]["embedding"])

@@ -1,0 +1,110 @@
+"""Scalars out: ``DIR/metrics.jsonl`` (one flat JSON object of numbers per line, with
+``step``; appended to on resume, never rewritten) and TensorBoard event files.
+
+TensorBoard goes through clu's writers when TensorFlow is installed (clu's summary writer
+imports it). Training must also run without TensorFlow (local folders, the GPU image), so
+then the events are written with the ``tensorboard`` package's own TF-free event writer;
+both produce the same ``events.out.tfevents.*`` files under ``DIR/tensorboard``. Only
+process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+log = logging.getLogger(__name__)
+
+
+class _TensorboardEvents:
+  """Scalar summaries through ``tensorboard``'s EventFileWriter (no TensorFlow)."""
+
+  def __init__(self, logdir: str):
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
+    self._writer = EventFileWriter(logdir)
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    values = [self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
+              for k, v in scalars.items()]
+    event = self._event_pb2.Event(wall_time=time.time(), step=int(step),
+                                  summary=self._summary_pb2.Summary(value=values))
+    self._writer.add_event(event)
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+def _tensorboard_writer(logdir: str):
+  try:
+    import tensorflow  # noqa: F401  (clu's summary writer needs it)
+    from clu import metric_writers
+    return metric_writers.SummaryWriter(logdir)
+  except ImportError:
+    pass
+  try:
+    return _TensorboardEvents(logdir)
+  except ImportError:
+    log.warning("neither TensorFlow (clu) nor tensorboard is installed: no TensorBoard "
+                "events, metrics.jsonl only")
+    return None
+
+
+def _number(v):
+  v = float(v)
+  return v if math.isfinite(v) else str(v)  # JSON has no NaN/inf literals
+
+
+class MetricWriter:
+  """Writes scalars to metrics.jsonl and TensorBoard (process 0 only)."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._jsonl = None
+    self._tb = None
+    if enabled:
+      os.makedirs(workdir, exist_ok=True)
+      self._jsonl = open(self.path, "a", encoding="utf-8")
+      self._tb = _tensorboard_writer(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: _number(v) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(row) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      self._tb.write_scalars(int(step), {k: float(v) for k, v in scalars.items()})
+
+  def flush(self):
+    if self._tb is not None:
+      self._tb.flush()
+
+  def close(self):
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  """Rows of ``workdir/metrics.jsonl``; for a step logged twice (a resumed run) the last row
+  wins, in step order."""
+  rows = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        rows.setdefault(row["step"], {}).update(row)
+  return [rows[s] for s in sorted(rows)]

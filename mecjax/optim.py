@@ -1,0 +1,136 @@
+"""Optimisers, per-step schedules and the EMA-target (teacher) optax transformation.
+
+Everything here is optax: ``optax.sgd`` / ``optax.lars`` / ``optax.adamw`` with optax
+schedules. The teacher of MEC, BYOL and friends is an optax transformation too
+(``ema_target``): its state holds the target parameters, so they are checkpointed, sharded
+and restored with the rest of the optimiser state, and ``target_params(opt_state)`` reads
+them back for the loss, evaluation and export.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Schedule = Callable[[jax.Array], jax.Array]
+
+
+# --------------------------------------------------------------------------- schedules
+
+
+def scaled_lr(base_lr: float, global_batch: int) -> float:
+  """The linear scaling rule, ``base_lr x global_batch / 256``."""
+  return base_lr * global_batch / 256
+
+
+def warmup_cosine(peak: float, total_steps: int, warmup_steps: int,
+                  end_value: float = 0.0) -> Schedule:
+  """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine to ``end_value``
+  at ``total_steps``; per step, as the official MEC/SimSiam code does."""
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  if warmup_steps == 0:
+    return optax.cosine_decay_schedule(peak, max(total_steps, 1),
+                                       alpha=end_value / peak if peak else 0.0)
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, max(total_steps, 1),
+                                            end_value=end_value)
+
+
+def cosine_momentum(base: float, total_steps: int, final: float = 1.0) -> Schedule:
+  """EMA momentum ``final - (final - base) (1 + cos(pi k / K)) / 2``: 0.996 -> 1 (BYOL)."""
+  gap = optax.cosine_decay_schedule(final - base, max(total_steps, 1))
+  return lambda count: final - gap(count)
+
+
+# --------------------------------------------------------------------- EMA target
+
+
+class EmaTargetState(NamedTuple):
+  """State of ``ema_target``: the update count and the target (teacher) parameters."""
+  count: jax.Array
+  target: Any
+
+
+def ema_target(momentum: float | Schedule) -> optax.GradientTransformation:
+  """Keep an exponential moving average of the parameters *after* each update.
+
+  Must be the last transformation of the chain, so that the updates it sees are final:
+  ``target <- m target + (1 - m) (params + updates)``, with ``m = momentum(count)``.
+  ``momentum = 0`` makes the target equal the online parameters (weight sharing, as SimSiam).
+  The updates pass through unchanged.
+  """
+  momentum_fn = momentum if callable(momentum) else (lambda _: momentum)
+
+  def init_fn(params):
+    return EmaTargetState(count=jnp.zeros([], jnp.int32),
+                          target=jax.tree.map(jnp.array, params))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("ema_target needs the parameters: call tx.update(grads, state, params)")
+    m = jnp.asarray(momentum_fn(state.count), jnp.float32)
+    new_params = optax.apply_updates(params, updates)
+    target = jax.tree.map(lambda t, p: (m * t + (1 - m) * p).astype(t.dtype), state.target,
+                          new_params)
+    return updates, EmaTargetState(count=optax.safe_increment(state.count), target=target)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def target_params(opt_state) -> Any | None:
+  """The target parameters held by the ``ema_target`` in ``opt_state``, or None if none."""
+  found = []
+
+  def visit(node):
+    if isinstance(node, EmaTargetState):
+      found.append(node.target)
+      return
+    if isinstance(node, (tuple, list)):
+      for child in node:
+        visit(child)
+    elif isinstance(node, dict):
+      for child in node.values():
+        visit(child)
+    elif hasattr(node, "inner_state"):  # optax wrappers (masked, multi_transform, ...)
+      visit(node.inner_state)
+
+  visit(opt_state)
+  if len(found) > 1:
+    raise ValueError("optimiser state holds more than one ema_target")
+  return found[0] if found else None
+
+
+# ------------------------------------------------------------------------ optimisers
+
+
+def not_1d(params):
+  """Mask: True for weights (ndim > 1), False for biases and norm scales/offsets."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(cfg, learning_rate: float | Schedule) -> optax.GradientTransformation:
+  """The optimiser named by ``cfg.name`` (config.optim).
+
+  - ``sgd``: PyTorch SGD semantics, weight decay added to the gradient before momentum.
+  - ``lars``: optax.lars; with ``exclude_1d`` biases and norm parameters are excluded from
+    both the trust-ratio adaptation and the weight decay.
+  - ``adamw``: optax.adamw (decoupled decay); ``exclude_1d`` masks the decay.
+  """
+  mask = not_1d if cfg.exclude_1d else None
+  if cfg.name == "sgd":
+    return optax.chain(
+        optax.add_decayed_weights(cfg.weight_decay, mask) if cfg.weight_decay else
+        optax.identity(),
+        optax.sgd(learning_rate, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+  if cfg.name == "lars":
+    return optax.lars(learning_rate, weight_decay=cfg.weight_decay,
+                      weight_decay_mask=mask if mask else True,
+                      trust_coefficient=cfg.trust_coefficient, eps=0.0,
+                      trust_ratio_mask=mask if mask else True, momentum=cfg.momentum,
+                      nesterov=cfg.nesterov)
+  if cfg.name == "adamw":
+    return optax.adamw(learning_rate, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
+                       mask=mask)
+  raise ValueError(f"config.optim.name={cfg.name!r}: expected one of 'sgd', 'lars', 'adamw'")

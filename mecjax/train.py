@@ -1,0 +1,319 @@
+"""The one train / evaluate loop, for every method, encoder and data set.
+
+``run(config, workdir)`` is all of it; ``mecjax.main`` is only its command line, so notebooks
+call ``run`` directly. Sections: setup, data, state, restore, train step, evaluate, loop.
+Nothing here knows a particular method or data set: they are chosen by name from config.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mecjax import checkpoint as ckpt_lib
+from mecjax import configlib
+from mecjax import data as data_lib
+from mecjax import evaluators
+from mecjax import methods
+from mecjax import metric_writers
+from mecjax import monitors
+from mecjax import optim
+from mecjax import parallel
+from mecjax.data import sources
+
+log = logging.getLogger("mecjax")
+
+
+class NonFiniteError(FloatingPointError):
+  """The loss or the parameters became NaN/inf; names the step range."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resume needs, saved and restored whole."""
+  step: jax.Array
+  params: Any
+  model_state: Any        # the method's non-trainable state (BN statistics, ...)
+  opt_state: Any          # optax state, holding the EMA target when the method has one
+  probe_params: Any
+  probe_opt_state: Any
+  rng: jax.Array          # raw key data of jax.random.key(seed)
+
+
+def run(config, workdir: str) -> dict:
+  """Train (or resume) the run in ``workdir``; returns the last logged metrics."""
+  # ------------------------------------------------------------------ setup
+  workdir = os.path.abspath(workdir)
+  is_main = parallel.is_main_process()
+  os.makedirs(workdir, exist_ok=True)
+  mesh = parallel.make_mesh()
+  global_batch = config.batch_size
+  parallel.check_batch(global_batch, "config.batch_size")
+  parallel.check_batch(config.eval_batch_size, "config.eval_batch_size")
+  repl = parallel.replicated(mesh)
+  log.info("%d process(es), %d device(s) (%s); global batch %d", jax.process_count(),
+           jax.device_count(), jax.devices()[0].platform, global_batch)
+
+  # ------------------------------------------------------------------- data
+  dcfg = config.data
+  size = dcfg.image_size
+  in_memory = dcfg.in_memory if dcfg.in_memory is not None else size <= 64
+  recipe = data_lib.get_recipe(config.aug, size, config.seed)
+  t0 = time.time()
+  train_src = data_lib.load_split(dcfg, dcfg.train_split, dcfg.max_train_examples, in_memory,
+                                  size)
+  num_classes = len(train_src.classes)
+  log.info("train split %r: %d images, %d classes (%.1fs)%s", dcfg.train_split,
+           len(train_src), num_classes, time.time() - t0,
+           f"; skipped {train_src.skipped} unreadable" if train_src.skipped else "")
+  steps_per_epoch = len(train_src) // global_batch
+  if steps_per_epoch == 0:
+    raise data_lib.DataError(
+        f"the training split has {len(train_src)} images, fewer than one global batch of "
+        f"{global_batch} (config.batch_size)")
+  total_steps = configlib.duration(config, "total", steps_per_epoch)
+  if not total_steps:
+    raise ValueError("set config.total_epochs or config.total_steps")
+  labelled = num_classes > 0
+  knn_on = config.knn.enabled and labelled
+  probe_on = config.probe.enabled and labelled
+  if knn_on or probe_on:
+    query_src = data_lib.load_split(dcfg, dcfg.eval_split, dcfg.max_eval_examples,
+                                    in_memory, size)
+    bank_src = sources.subset(train_src, config.knn.max_train_examples)
+  every = lambda cfg, name, default: configlib.duration(cfg, name, steps_per_epoch, default)
+  log_every = config.log_every_steps
+  eval_every = every(config.knn, "every", total_steps)
+  ckpt_every = every(config.checkpoint, "every", steps_per_epoch)
+
+  # ------------------------------------------------------------------ state
+  run_info = methods.RunInfo(global_batch, steps_per_epoch, total_steps)
+  method = methods.get_method(config, run_info)
+  peak_lr = optim.scaled_lr(config.optim.base_lr, global_batch)
+  warmup = configlib.duration(config.optim, "warmup", steps_per_epoch, default=0)
+  lr = optim.warmup_cosine(peak_lr, total_steps, warmup, config.optim.end_lr_factor * peak_lr)
+  tx = optim.make_optimizer(config.optim, lr)
+  ema_momentum = None
+  if method.uses_target:
+    ema_momentum = optim.cosine_momentum(config.ema.momentum, total_steps,
+                                         config.ema.final_momentum)
+    tx = optax.chain(tx, optim.ema_target(ema_momentum))
+  probe_tx = evaluators.probe.make_optimizer(config.probe)
+  probe_net = evaluators.probe.LinearProbe(max(num_classes, 1))
+  view_shape = (2, size, size, 3)
+
+  def init_state(seed):
+    key = jax.random.key(seed)
+    k_model, k_probe = jax.random.split(key)
+    params, model_state = method.init(k_model, view_shape)
+    feat = jax.eval_shape(method.encode, params, model_state, jnp.zeros(view_shape))
+    probe_params = probe_net.init(k_probe, jnp.zeros(feat.shape, jnp.float32))["params"]
+    return TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state=model_state,
+                      opt_state=tx.init(params), probe_params=probe_params,
+                      probe_opt_state=probe_tx.init(probe_params),
+                      rng=jax.random.key_data(key))
+
+  abstract = jax.eval_shape(init_state, config.seed)
+  abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
+                          abstract)
+  n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+  log.info("method %s, encoder %s (width %s): %.2fM parameters", config.method,
+           config.model.name, config.model.width, n_params / 1e6)
+  meta = ckpt_lib.fingerprint(config, abstract.params)
+
+  # ---------------------------------------------------------------- restore
+  checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep)
+  latest = checkpointer.latest_step()
+  data_state = None
+  if latest is not None:
+    checkpointer.check_compatible(latest, meta)
+    state, data_state = checkpointer.restore(latest, abstract)
+    log.info("resumed from %s/%d", checkpointer.directory, latest)
+  else:
+    state = jax.jit(init_state, static_argnums=0, out_shardings=repl)(config.seed)
+  start_step = int(jax.device_get(state.step))
+  writer = metric_writers.MetricWriter(workdir, enabled=is_main)
+  if start_step >= total_steps:
+    log.info("run already complete at step %d", start_step)
+    checkpointer.close()
+    writer.close()
+    return _last_metrics(workdir) if is_main else {}
+
+  train_input = data_lib.TrainInput(
+      train_src, global_batch=global_batch, seed=config.seed, mesh=mesh,
+      total_steps=total_steps, host_transform=recipe.host_transform(),
+      threads=dcfg.host_threads, prefetch=dcfg.prefetch_batches)
+  if data_state is not None:
+    train_input.set_state(data_state)
+
+  # ------------------------------------------------------------- train step
+  schedule_keys = ("lr", "ema_momentum") + getattr(method, "schedule_metrics", ("lamda_inv",))
+
+  def train_step(state: TrainState, batch):
+    step = state.step
+    key = jax.random.wrap_key_data(state.rng)
+    views = recipe.views(batch["image"], batch["index"], step, key)
+    target = optim.target_params(state.opt_state)
+
+    def loss_fn(params):
+      return method.loss(params, state.model_state, target, views, step)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    metrics = {"loss": loss, "lr": lr(step), "grad_norm": optax.global_norm(grads),
+               **aux.metrics, **monitors.collapse_metrics(aux.embedding)}
+    if ema_momentum is not None:
+      metrics["ema_momentum"] = ema_momentum(step)
+    probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
+    if probe_on:
+      features = jnp.concatenate(aux.features)
+      labels = jnp.tile(batch["label"], len(aux.features))
+
+      def probe_loss(p):
+        return evaluators.probe.loss_and_accuracy(probe_net.apply({"params": p}, features),
+                                                  labels)
+
+      (p_loss, p_acc), p_grads = jax.value_and_grad(probe_loss, has_aux=True)(probe_params)
+      p_updates, probe_opt_state = probe_tx.update(p_grads, probe_opt_state, probe_params)
+      probe_params = optax.apply_updates(probe_params, p_updates)
+      metrics.update(probe_loss=p_loss, probe_train_top1=p_acc)
+    return state.replace(step=step + 1, params=params, model_state=aux.state,
+                         opt_state=opt_state, probe_params=probe_params,
+                         probe_opt_state=probe_opt_state), metrics
+
+  p_train_step = jax.jit(train_step, in_shardings=(repl, parallel.batch_sharding(mesh)),
+                         out_shardings=(repl, repl), donate_argnums=(0,))
+
+  # --------------------------------------------------------------- evaluate
+  encode = jax.jit(lambda params, ms, images: method.encode(params, ms,
+                                                            recipe.eval_view(images)))
+  probe_logits = jax.jit(lambda p, f: probe_net.apply({"params": p}, f))
+
+  def features_of(state, source):
+    feats, labels, valid = [], [], []
+    for batch in data_lib.eval_batches(source, global_batch=config.eval_batch_size, mesh=mesh,
+                                       transform=recipe.eval_transform(),
+                                       threads=dcfg.host_threads):
+      feats.append(encode(state.params, state.model_state, batch["image"]))
+      labels.append(batch["label"])
+      valid.append(batch["valid"])
+    return jnp.concatenate(feats), jnp.concatenate(labels), jnp.concatenate(valid)
+
+  def evaluate(state) -> dict:
+    t = time.time()
+    out = {}
+    q_feat, q_label, q_valid = features_of(state, query_src)
+    if knn_on:
+      b_feat, b_label, b_valid = features_of(state, bank_src)
+      out["knn_top1"] = float(evaluators.knn_top1(
+          b_feat, b_label, b_valid, q_feat, q_label, q_valid, num_classes=num_classes,
+          k=config.knn.k, temperature=config.knn.temperature))
+    if probe_on:
+      logits = probe_logits(state.probe_params, q_feat)
+      correct = (jnp.argmax(logits, -1) == q_label) & q_valid
+      out["probe_top1"] = float(jnp.sum(correct) / jnp.maximum(jnp.sum(q_valid), 1))
+    out["eval_seconds"] = time.time() - t
+    log.info("eval at step %d (BN in eval mode, k=%d, T=%g): %s", int(state.step),
+             config.knn.k, config.knn.temperature,
+             ", ".join(f"{k} {v:.4f}" for k, v in out.items()))
+    return out
+
+  all_finite = jax.jit(lambda tree: jnp.all(jnp.asarray(
+      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])))
+
+  # ------------------------------------------------------------------- loop
+  pending: list[tuple[int, dict]] = []   # device metrics not yet fetched
+  last_row: dict = {}
+  last_saved = latest
+  timer = {"t": time.time(), "steps": 0}
+
+  def flush() -> None:
+    """Fetch pending metrics, stop on a non-finite loss, write the interval's row."""
+    nonlocal last_row
+    if not pending:
+      return
+    fetched = jax.device_get([m for _, m in pending])
+    steps = [s for s, _ in pending]
+    for s, m in zip(steps, fetched):
+      if not np.isfinite(m["loss"]):
+        raise NonFiniteError(
+            f"non-finite loss ({m['loss']}) at step {s}, in steps {steps[0]}..{steps[-1]}; "
+            f"last checkpoint: step {last_saved} (kept intact, nothing saved after it)")
+    row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+    row.update({k: float(fetched[-1][k]) for k in schedule_keys if k in fetched[-1]})
+    elapsed = time.time() - timer["t"]
+    if timer["steps"]:
+      rate = timer["steps"] / max(elapsed, 1e-9)
+      row["examples_per_sec"] = rate * global_batch
+      eta = (total_steps - steps[-1]) / rate
+      log.info("step %d/%d (epoch %.2f) | loss %.4f | %.0f img/s | ETA %s", steps[-1],
+               total_steps, steps[-1] / steps_per_epoch, row["loss"], rate * global_batch,
+               _hms(eta))
+    row["epoch"] = steps[-1] / steps_per_epoch
+    writer.write(steps[-1], row)
+    last_row = {"step": steps[-1], **row}
+    pending.clear()
+    timer.update(t=time.time(), steps=0)
+
+  def save(step: int) -> None:
+    nonlocal last_saved
+    flush()
+    if not bool(all_finite(state.params)):
+      raise NonFiniteError(f"non-finite parameters at step {step} (loss still finite); last "
+                           f"checkpoint: step {last_saved} (kept intact)")
+    checkpointer.save(step, state, train_input.get_state(), meta)
+    last_saved = step
+
+  log.info("training steps %d..%d of %d (%d per epoch); logging every %d, eval every %d, "
+           "checkpoint every %d", start_step, total_steps, total_steps, steps_per_epoch,
+           log_every, eval_every, ckpt_every)
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = next(train_input)
+      state, metrics = p_train_step(state, batch)
+      pending.append((step, metrics))
+      timer["steps"] += 1
+      if step == start_step + 1:
+        jax.block_until_ready(metrics)
+        log.info("first step (compilation included) took %.1fs", time.time() - timer["t"])
+        timer.update(t=time.time(), steps=0)
+      if step % log_every == 0 or step == total_steps:
+        flush()
+      if (knn_on or probe_on) and (step % eval_every == 0 or step == total_steps):
+        flush()
+        row = evaluate(state)
+        writer.write(step, row)
+        last_row.update(row)
+        timer.update(t=time.time(), steps=0)
+      if step % ckpt_every == 0 or step == total_steps:
+        save(step)
+        timer["t"] = time.time()
+    flush()
+  finally:
+    checkpointer.close()
+    writer.close()
+  return last_row
+
+
+def _last_metrics(workdir: str) -> dict:
+  rows = metric_writers.read_metrics(workdir)
+  return rows[-1] if rows else {}
+
+
+def _hms(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+      f"{seconds // 60}m{seconds % 60:02d}s"

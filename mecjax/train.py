@@ -98,29 +98,12 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------ state
   run_info = methods.RunInfo(global_batch, steps_per_epoch, total_steps)
   method = methods.get_method(config, run_info)
-  peak_lr = optim.scaled_lr(config.optim.base_lr, global_batch)
-  warmup = configlib.duration(config.optim, "warmup", steps_per_epoch, default=0)
-  lr = optim.warmup_cosine(peak_lr, total_steps, warmup, config.optim.end_lr_factor * peak_lr)
-  tx = optim.make_optimizer(config.optim, lr)
-  ema_momentum = None
-  if method.uses_target:
-    ema_momentum = optim.cosine_momentum(config.ema.momentum, total_steps,
-                                         config.ema.final_momentum)
-    tx = optax.chain(tx, optim.ema_target(ema_momentum))
+  tx, lr, ema_momentum = make_tx(config, run_info, method.uses_target)
   probe_tx = evaluators.probe.make_optimizer(config.probe)
   probe_net = evaluators.probe.LinearProbe(max(num_classes, 1))
   view_shape = (2, size, size, 3)
 
-  def init_state(seed):
-    key = jax.random.key(seed)
-    k_model, k_probe = jax.random.split(key)
-    params, model_state = method.init(k_model, view_shape)
-    feat = jax.eval_shape(method.encode, params, model_state, jnp.zeros(view_shape))
-    probe_params = probe_net.init(k_probe, jnp.zeros(feat.shape, jnp.float32))["params"]
-    return TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state=model_state,
-                      opt_state=tx.init(params), probe_params=probe_params,
-                      probe_opt_state=probe_tx.init(probe_params),
-                      rng=jax.random.key_data(key))
+  init_state = make_init(method, tx, probe_net, probe_tx, view_shape)
 
   abstract = jax.eval_shape(init_state, config.seed)
   abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl),
@@ -158,39 +141,12 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------- train step
   schedule_keys = ("lr", "ema_momentum") + getattr(method, "schedule_metrics", ("lamda_inv",))
 
+  update = make_update(method, tx, lr, ema_momentum, probe_net, probe_tx, probe_on)
+
   def train_step(state: TrainState, batch):
-    step = state.step
     key = jax.random.wrap_key_data(state.rng)
-    views = recipe.views(batch["image"], batch["index"], step, key)
-    target = optim.target_params(state.opt_state)
-
-    def loss_fn(params):
-      return method.loss(params, state.model_state, target, views, step)
-
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-
-    metrics = {"loss": loss, "lr": lr(step), "grad_norm": optax.global_norm(grads),
-               **aux.metrics, **monitors.collapse_metrics(aux.embedding)}
-    if ema_momentum is not None:
-      metrics["ema_momentum"] = ema_momentum(step)
-    probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
-    if probe_on:
-      features = jnp.concatenate(aux.features)
-      labels = jnp.tile(batch["label"], len(aux.features))
-
-      def probe_loss(p):
-        return evaluators.probe.loss_and_accuracy(probe_net.apply({"params": p}, features),
-                                                  labels)
-
-      (p_loss, p_acc), p_grads = jax.value_and_grad(probe_loss, has_aux=True)(probe_params)
-      p_updates, probe_opt_state = probe_tx.update(p_grads, probe_opt_state, probe_params)
-      probe_params = optax.apply_updates(probe_params, p_updates)
-      metrics.update(probe_loss=p_loss, probe_train_top1=p_acc)
-    return state.replace(step=step + 1, params=params, model_state=aux.state,
-                         opt_state=opt_state, probe_params=probe_params,
-                         probe_opt_state=probe_opt_state), metrics
+    views = recipe.views(batch["image"], batch["index"], state.step, key)
+    return update(state, views, batch["label"])
 
   p_train_step = jax.jit(train_step, in_shardings=(repl, parallel.batch_sharding(mesh)),
                          out_shardings=(repl, repl), donate_argnums=(0,))
@@ -304,6 +260,75 @@ def run(config, workdir: str) -> dict:
     checkpointer.close()
     writer.close()
   return last_row
+
+
+def make_tx(config, run: methods.RunInfo, uses_target: bool):
+  """(optimiser, lr schedule, EMA momentum schedule or None) as ``config.optim`` / ``ema`` say:
+  lr = base_lr x global batch / 256, warm-up then cosine per step; the EMA target last."""
+  peak = optim.scaled_lr(config.optim.base_lr, run.global_batch)
+  warmup = configlib.duration(config.optim, "warmup", run.steps_per_epoch, default=0)
+  lr = optim.warmup_cosine(peak, run.total_steps, warmup, config.optim.end_lr_factor * peak)
+  tx = optim.make_optimizer(config.optim, lr)
+  ema_momentum = None
+  if uses_target:
+    ema_momentum = optim.cosine_momentum(config.ema.momentum, run.total_steps,
+                                         config.ema.final_momentum)
+    tx = optax.chain(tx, optim.ema_target(ema_momentum))
+  return tx, lr, ema_momentum
+
+
+def make_init(method, tx, probe_net, probe_tx, view_shape):
+  """``init_state(seed) -> TrainState`` for views of ``view_shape`` (B, H, W, C)."""
+
+  def init_state(seed):
+    key = jax.random.key(seed)
+    k_model, k_probe = jax.random.split(key)
+    params, model_state = method.init(k_model, view_shape)
+    feat = jax.eval_shape(method.encode, params, model_state, jnp.zeros(view_shape))
+    probe_params = probe_net.init(k_probe, jnp.zeros(feat.shape, jnp.float32))["params"]
+    return TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state=model_state,
+                      opt_state=tx.init(params), probe_params=probe_params,
+                      probe_opt_state=probe_tx.init(probe_params),
+                      rng=jax.random.key_data(key))
+  return init_state
+
+
+def make_update(method, tx, lr, ema_momentum, probe_net, probe_tx, probe_on: bool):
+  """``update(state, views, labels) -> (state, metrics)``: one optimisation step on
+  augmented views (the train step minus augmentation; benchmarks time it alone)."""
+
+  def update(state: TrainState, views, labels):
+    step = state.step
+    target = optim.target_params(state.opt_state)
+
+    def loss_fn(params):
+      return method.loss(params, state.model_state, target, views, step)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    metrics = {"loss": loss, "lr": lr(step), "grad_norm": optax.global_norm(grads),
+               **aux.metrics, **monitors.collapse_metrics(aux.embedding)}
+    if ema_momentum is not None:
+      metrics["ema_momentum"] = ema_momentum(step)
+    probe_params, probe_opt_state = state.probe_params, state.probe_opt_state
+    if probe_on:
+      features = jnp.concatenate(aux.features)
+      all_labels = jnp.tile(labels, len(aux.features))
+
+      def probe_loss(p):
+        return evaluators.probe.loss_and_accuracy(probe_net.apply({"params": p}, features),
+                                                  all_labels)
+
+      (p_loss, p_acc), p_grads = jax.value_and_grad(probe_loss, has_aux=True)(probe_params)
+      p_updates, probe_opt_state = probe_tx.update(p_grads, probe_opt_state, probe_params)
+      probe_params = optax.apply_updates(probe_params, p_updates)
+      metrics.update(probe_loss=p_loss, probe_train_top1=p_acc)
+    return state.replace(step=step + 1, params=params, model_state=aux.state,
+                         opt_state=opt_state, probe_params=probe_params,
+                         probe_opt_state=probe_opt_state), metrics
+  return update
 
 
 def _last_metrics(workdir: str) -> dict:

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(ValueError):  # noqa: N818
   """The workdir holds a checkpoint of a different model."""
 
 

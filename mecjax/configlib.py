@@ -20,6 +20,10 @@ from ml_collections import config_dict
 placeholder = config_dict.placeholder
 
 
+class ConfigError(ValueError):
+  """A config value is wrong; the message names the key and what was expected."""
+
+
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -96,7 +100,7 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None,
   """Apply the comma-separated variants in ``arg`` (``"smoke"``, ``"cpu"``, ...) in order."""
   for name in filter(None, (arg or "").split(",")):
     if name not in variants:
-      raise ValueError(f"unknown config variant {name!r}: expected one of {sorted(variants)}")
+      raise ConfigError(f"unknown config variant {name!r}: expected one of {sorted(variants)}")
     variants[name](config)
   return config
 
@@ -105,8 +109,8 @@ def duration(cfg, name: str, steps_per_epoch: float, default: int | None = None)
   """Resolve ``cfg.<name>_steps`` or ``cfg.<name>_epochs`` (exactly one may be set) to steps."""
   steps, epochs = cfg.get(f"{name}_steps"), cfg.get(f"{name}_epochs")
   if steps is not None and epochs is not None:
-    raise ValueError(f"config sets both {name}_steps={steps} and {name}_epochs={epochs}: "
-                     "keep one")
+    raise ConfigError(f"config sets both {name}_steps={steps} and {name}_epochs={epochs}: "
+                      "keep one")
   if steps is not None:
     return int(steps)
   if epochs is not None:
@@ -118,8 +122,26 @@ def unknown_key_message(config: ml_collections.ConfigDict, dotted: str) -> str:
   """One line for a key that is not in the schema, with the nearest existing keys."""
   known = sorted(_flatten(config))
   near = difflib.get_close_matches(dotted, known, n=3, cutoff=0.6)
+  section = dotted.rsplit(".", 1)[0] + "." if "." in dotted else ""
+  if not near and section:
+    near = [k for k in known if k.startswith(section)][:8]
   hint = f"; did you mean {' or '.join(near)}?" if near else ""
   return f"config key {dotted!r} does not exist{hint}"
+
+
+def unknown_override(args) -> str | None:
+  """The first ``--config.KEY=VALUE`` argument whose dotted KEY is not in the schema."""
+  schema = base()
+  for arg in args:
+    if not arg.startswith("--config."):
+      continue
+    path = arg[len("--config."):].split("=", 1)[0]
+    node = schema
+    for part in path.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        return path
+      node = node[part]
+  return None
 
 
 def _flatten(cfg, prefix=""):

@@ -61,44 +61,40 @@ def main(argv) -> None:
   if jax.process_index() != 0:
     logging.getLogger("mecjax").setLevel(logging.WARNING)
 
-  from mecjax import checkpoint, train
+  from mecjax import checkpoint, configlib, train
   from mecjax.data.sources import DataError
   try:
-    train.run(_CONFIG.value, _WORKDIR.value)
-  except (DataError, checkpoint.CheckpointMismatch) as e:
+    config = _CONFIG.value
+    config.get("method")  # a file that failed to load raises only when first read
+  except OSError as e:
+    fail(_one_line(e))
+  try:
+    train.run(config, _WORKDIR.value)
+  except (configlib.ConfigError, DataError, checkpoint.CheckpointMismatch) as e:
     fail(str(e))
   except train.NonFiniteError as e:
     fail(str(e), status=3)
-  except (ValueError, KeyError, AttributeError, TypeError) as e:
-    # Config-shaped mistakes (a bad name or value) as one line; real bugs keep their trace.
-    if _is_config_error(e):
-      fail(str(e))
-    raise
-
-
-def _is_config_error(e: Exception) -> bool:
-  return "config" in str(e)
 
 
 def _flag_errors(argv):
-  """Parse flags, turning a config-key error into one clear line."""
+  """Parse flags; a bad config key, value or file becomes one clear line (exit status 2)."""
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    message = str(e)
-    key = _missing_key(message)
-    if key is not None:
-      from mecjax import configlib
-      fail(configlib.unknown_key_message(configlib.base(), key))
-    fail(message.splitlines()[0] if message else repr(e))
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    from mecjax import configlib
+    bad = configlib.unknown_override(argv[1:])
+    if bad is not None:
+      fail(configlib.unknown_key_message(configlib.base(), bad))
+    fail(_one_line(e))
 
 
-def _missing_key(message: str) -> str | None:
-  """The dotted key of an override that named a key that does not exist, if that is it."""
-  import re
-  m = re.search(r"--config\.([\w.]+)", message) or re.search(r"config\.([\w.]+)", message)
-  return m.group(1) if m and ("does not exist" in message or "not find" in message
-                              or "KeyError" in message or "not found" in message) else None
+def _one_line(e: Exception) -> str:
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+  if not lines:
+    return repr(e)
+  if len(lines) > 1 and ("config file" in lines[0] or "Configuration" in lines[0]):
+    return f"{lines[0]} {lines[-1][:400]}"   # the config file's own exception, or why not
+  return lines[0]
 
 
 def run_cli() -> None:

@@ -12,12 +12,18 @@ import jax
 import jax.numpy as jnp
 
 
-def effective_rank(z: jax.Array, eps: float = 1e-12) -> jax.Array:
-  """Effective rank of an (m, d) batch; eigenvalues of the smaller Gram matrix."""
+def effective_rank(z: jax.Array, eps: float = 1e-12, rel_floor: float = 1e-6) -> jax.Array:
+  """Effective rank of an (m, d) batch; eigenvalues of the smaller Gram matrix.
+
+  Eigenvalues below ``rel_floor`` x the largest are float32 rounding noise (a centred batch
+  always has a null direction); ``sqrt`` would amplify that noise into the singular values,
+  so they count as zero.
+  """
   z = jax.lax.stop_gradient(z).astype(jnp.float32)
   z = z - jnp.mean(z, axis=0, keepdims=True)
   gram = z @ z.T if z.shape[0] <= z.shape[1] else z.T @ z
-  s = jnp.sqrt(jnp.clip(jnp.linalg.eigvalsh(gram), 0.0))
+  eig = jnp.linalg.eigvalsh(gram)
+  s = jnp.where(eig > rel_floor * eig[-1], jnp.sqrt(jnp.maximum(eig, 0.0)), 0.0)
   p = s / jnp.maximum(jnp.sum(s), eps)
   return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.maximum(p, eps)), 0.0)))
 

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mecjax.configlib import ConfigError
+
 Schedule = Callable[[jax.Array], jax.Array]
 
 
@@ -133,4 +135,4 @@ def make_optimizer(cfg, learning_rate: float | Schedule) -> optax.GradientTransf
   if cfg.name == "adamw":
     return optax.adamw(learning_rate, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
                        mask=mask)
-  raise ValueError(f"config.optim.name={cfg.name!r}: expected one of 'sgd', 'lars', 'adamw'")
+  raise ConfigError(f"config.optim.name={cfg.name!r}: expected one of 'sgd', 'lars', 'adamw'")

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from mecjax.configlib import ConfigError
+
 AXIS = "data"
 
 
@@ -25,8 +27,9 @@ def initialize_distributed() -> None:
   detect the cluster when ``MECJAX_DISTRIBUTED=auto``. On CPU the collectives go through gloo.
   """
   if os.environ.get("MECJAX_NUM_PROCESSES"):
-    if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Must precede any backend start (so no jax.default_backend() here); only the CPU client
+    # reads it, so it is harmless on GPU/TPU.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=os.environ["MECJAX_COORDINATOR"],
         num_processes=int(os.environ["MECJAX_NUM_PROCESSES"]),
@@ -51,7 +54,7 @@ def check_batch(global_batch: int, what: str = "config.batch_size") -> int:
   """Per-process batch size; stops with one line when the split is not exact."""
   devices, processes = jax.device_count(), jax.process_count()
   if global_batch % devices:
-    raise ValueError(f"{what}={global_batch} is not divisible by the {devices} devices "
+    raise ConfigError(f"{what}={global_batch} is not divisible by the {devices} devices "
                      f"({processes} process(es)): use a multiple of {devices}")
   return global_batch // processes
 

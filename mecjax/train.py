@@ -25,6 +25,7 @@ from mecjax import data as data_lib
 from mecjax import evaluators
 from mecjax import methods
 from mecjax import metric_writers
+from mecjax import models
 from mecjax import monitors
 from mecjax import optim
 from mecjax import parallel
@@ -49,9 +50,23 @@ class TrainState:
   rng: jax.Array          # raw key data of jax.random.key(seed)
 
 
+def check_names(config) -> None:
+  """Every by-name choice exists, before any data is read or compiled."""
+  choices = {"method": methods.METHODS, "model.name": models.ENCODERS,
+             "model.dtype": models.DTYPES, "aug.name": data_lib.RECIPES,
+             "optim.name": ("sgd", "lars", "adamw")}
+  for key, known in choices.items():
+    value = config
+    for part in key.split("."):
+      value = value[part]
+    if value not in known:
+      raise configlib.ConfigError(f"config.{key}={value!r}: expected one of {sorted(known)}")
+
+
 def run(config, workdir: str) -> dict:
   """Train (or resume) the run in ``workdir``; returns the last logged metrics."""
   # ------------------------------------------------------------------ setup
+  check_names(config)
   workdir = os.path.abspath(workdir)
   is_main = parallel.is_main_process()
   os.makedirs(workdir, exist_ok=True)
@@ -82,7 +97,7 @@ def run(config, workdir: str) -> dict:
         f"{global_batch} (config.batch_size)")
   total_steps = configlib.duration(config, "total", steps_per_epoch)
   if not total_steps:
-    raise ValueError("set config.total_epochs or config.total_steps")
+    raise configlib.ConfigError("set config.total_epochs or config.total_steps")
   labelled = num_classes > 0
   knn_on = config.knn.enabled and labelled
   probe_on = config.probe.enabled and labelled

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mecjax.configlib import ConfigError
 from mecjax.data import host_ops
 
 SOLARIZE_THRESHOLD = 128 / 255
@@ -186,7 +187,7 @@ class Recipe:
 
   def __init__(self, cfg, image_size: int, seed: int):
     if len(cfg.blur_prob) != len(cfg.solarize_prob):
-      raise ValueError("config.aug.blur_prob and config.aug.solarize_prob need one entry "
+      raise ConfigError("config.aug.blur_prob and config.aug.solarize_prob need one entry "
                        f"per view, got {cfg.blur_prob} and {cfg.solarize_prob}")
     self.cfg, self.size, self.seed = cfg, image_size, seed
     self.num_views = len(cfg.blur_prob)
@@ -270,5 +271,5 @@ RECIPES = {"cifar": DeviceCropRecipe, "mocov3": HostCropRecipe}
 
 def get_recipe(cfg, image_size: int, seed: int) -> Recipe:
   if cfg.name not in RECIPES:
-    raise ValueError(f"config.aug.name={cfg.name!r}: expected one of {sorted(RECIPES)}")
+    raise ConfigError(f"config.aug.name={cfg.name!r}: expected one of {sorted(RECIPES)}")
   return RECIPES[cfg.name](cfg, image_size, seed)

@@ -39,14 +39,15 @@ class TrainInput:
 
   def __init__(self, source, *, global_batch: int, seed: int, mesh, total_steps: int,
                host_transform: Callable[[dict, int], dict] | None = None,
-               threads: int = 8, prefetch: int = 4):
+               threads: int = 8, prefetch: int = 4, rows: tuple[int, int] | None = None):
     n = len(source)
     self.steps_per_epoch = n // global_batch
     if self.steps_per_epoch == 0:
       raise DataError(f"the training split has {n} images, fewer than one global batch of "
                       f"{global_batch} (config.batch_size)")
     self.global_batch, self.mesh = global_batch, mesh
-    first, rows = parallel.process_rows(global_batch, mesh)
+    # rows: (first row, count) of each global batch this process reads; from the mesh.
+    first, rows = rows if rows is not None else parallel.process_rows(global_batch, mesh)
     epochs = math.ceil(max(total_steps, 1) / self.steps_per_epoch) + 1
     ds = grain.MapDataset.source(source).shuffle(seed=seed)
     ds = ds[:self.steps_per_epoch * global_batch].repeat(epochs)
@@ -62,8 +63,12 @@ class TrainInput:
   def __iter__(self):
     return self
 
+  def next_local(self) -> dict:
+    """This process's rows of the next global batch, as numpy arrays."""
+    return next(self._iterator)
+
   def __next__(self) -> dict:
-    return parallel.to_global(next(self._iterator), self.mesh, self.global_batch)
+    return parallel.to_global(self.next_local(), self.mesh, self.global_batch)
 
   def get_state(self) -> dict:
     return self._iterator.get_state()

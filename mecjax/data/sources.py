@@ -250,30 +250,33 @@ def decode_all(get_bytes, names: Sequence[str], labels: np.ndarray, size: int,
 
 
 class TfdsSource:
-  """A tfds data set by name through ``tfds.data_source`` (ArrayRecord, TF-free reads)."""
+  """A tfds data set by name through ``tfds.data_source`` (ArrayRecord, TF-free reads).
 
-  def __init__(self, name: str, split: str, data_dir: str | None, keep: np.ndarray | None,
+  The first use downloads and prepares the data set (that step needs TensorFlow, and for
+  ImageNet a manual download, as tfds explains).
+  """
+
+  def __init__(self, name: str, split: str, data_dir: str | None,
                max_examples: int | None):
     import tensorflow_datasets as tfds  # only this source needs tfds
-    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-      builder.download_and_prepare(file_format="array_record")
-    known = sorted(builder.info.splits.keys())
-    base = split.split("[")[0]
-    if known and base not in known:
-      raise DataError(f"tfds data set {name!r} has no split {split!r}: found {known}")
-    self.source = builder.as_data_source(split=split)
-    label_feature = builder.info.features.get("label") if hasattr(
-        builder.info.features, "get") else None
-    self.classes = list(getattr(label_feature, "names", []) or [])
-    self.labels = None
+    log.info("reading tfds %r split %r (downloaded and prepared on first use; offline, pass "
+             "--config.data.path=...)", name, split)
+    try:
+      self.source = tfds.data_source(name, split=split, data_dir=data_dir, download=True)
+      info = tfds.builder(name, data_dir=data_dir).info
+    except Exception as e:  # noqa: BLE001 - unknown name/split, failed download: one line
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise DataError(f"tfds data set {name!r}, split {split!r} could not be read "
+                      f"({type(e).__name__}: {first}); to read local images instead, pass "
+                      "--config.data.path=FOLDER_OR_ARCHIVE") from e
+    label = info.features["label"] if "label" in info.features else None
+    self.classes = list(getattr(label, "names", None) or [])
     n = len(self.source)
-    if keep is None:
-      keep = np.arange(n)
-      if max_examples is not None and max_examples < n:
-        labels = np.array([self.source[i].get("label", -1) for i in range(n)], np.int32)
-        keep = balanced_subset(labels, max_examples)
-    self.keep = keep
+    self.keep = np.arange(n)
+    self.labels = None
+    if max_examples is not None and max_examples < n:
+      labels = np.array([self.source[i].get("label", -1) for i in range(n)], np.int32)
+      self.keep = balanced_subset(labels, max_examples)
     self.skipped = 0
 
   def __len__(self):
@@ -304,7 +307,7 @@ def load_split(data_cfg, split: str, max_examples: int | None, in_memory: bool,
       src.classes = index.classes
       return src
     return EncodedSource(images, index, keep)
-  src = TfdsSource(data_cfg.name, split, data_cfg.data_dir, None, max_examples)
+  src = TfdsSource(data_cfg.name, split, data_cfg.data_dir, max_examples)
   if in_memory:
     n = len(src)
     arr = np.empty((n, size, size, 3), np.uint8)

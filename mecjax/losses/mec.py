@@ -5,8 +5,10 @@ normalisation ``x / max(||x||, 1e-12)`` (``torch.nn.functional.normalize``), and
 
     C = ẑ1 ẑ2ᵀ / lamda_inv        (m x m, "batch-wise")
 
-``Tr(Cᵏ)`` equals ``Tr(((ẑ1ᵀ ẑ2) / lamda_inv)ᵏ)`` (the d x d, "feature-wise" form), so each
-function below builds whichever of the two matrices is smaller; the value is the same.
+``Tr(Cᵏ)`` equals ``Tr(((ẑ1ᵀ ẑ2) / lamda_inv)ᵏ)`` (the d x d, "feature-wise" form: the two
+share their non-zero eigenvalues), so the series and the log-det build whichever matrix is
+smaller; the value is the same. Singular values are *not* shared; ``mec_spectral_norm``
+reduces the m x m norm to d x d through thin QR factors instead.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ def _check_pair(z1: jax.Array, z2: jax.Array) -> tuple[int, int]:
 def correlation(z1: jax.Array, z2: jax.Array, lamda_inv) -> jax.Array:
   """The smaller of ``ẑ1 ẑ2ᵀ / lamda_inv`` (m x m) and ``ẑ1ᵀ ẑ2 / lamda_inv`` (d x d).
 
-  Both have the same non-zero spectrum, so traces of powers, ``logdet(I + .)`` and the
-  spectral norm agree between them.
+  Both have the same non-zero eigenvalues, so traces of powers and ``det(I + .)`` agree
+  between them (their singular values differ).
   """
   m, d = _check_pair(z1, z2)
   a = l2_normalize(_as_float(z1))
@@ -112,14 +114,23 @@ def mec_logdet(z1: jax.Array, z2: jax.Array, *, lamda_inv) -> jax.Array:
 
 
 def mec_spectral_norm(z1: jax.Array, z2: jax.Array, *, lamda_inv,
-                      iterations: int = 20) -> jax.Array:
-  """Power-iteration estimate of ``||C||_2`` (the Taylor series diverges at 1).
+                      iterations: int = 30, exact_below: int = 512) -> jax.Array:
+  """``||C||_2`` of the m x m ``C = ẑ1 ẑ2ᵀ / lamda_inv`` (the Taylor series diverges at 1).
 
-  A lower bound that tightens with ``iterations``; it is a logged monitor, so no gradient
-  flows through it.
+  When d < m, ``ẑ = Q R`` (thin QR) gives ``||ẑ1 ẑ2ᵀ||_2 = ||R1 R2ᵀ||_2``, a d x d problem.
+  Exact (eigenvalues of ``MᵀM``) when that matrix is at most ``exact_below`` wide; otherwise
+  a power-iteration estimate, a lower bound that tightens with ``iterations``. A logged
+  monitor: no gradient flows through it.
   """
-  c = jax.lax.stop_gradient(correlation(z1, z2, lamda_inv))
+  m, d = _check_pair(z1, z2)
+  a = jax.lax.stop_gradient(l2_normalize(_as_float(z1)))
+  b = jax.lax.stop_gradient(l2_normalize(_as_float(z2)))
+  if d < m:
+    a, b = jnp.linalg.qr(a, mode="r"), jnp.linalg.qr(b, mode="r")
+  c = (a @ b.T) / lamda_inv
   gram = c.T @ c
+  if gram.shape[0] <= exact_below:
+    return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(gram)[-1], 0.0))
   v = jnp.ones((gram.shape[0],), gram.dtype) / jnp.sqrt(gram.shape[0])
 
   def body(_, v):

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
+from mecjax.configlib import ConfigError
 from mecjax.models.heads import MLPHead
 from mecjax.models.norm import BatchNorm
 from mecjax.models.resnet import ResNet, resnet18, resnet50
@@ -34,14 +35,14 @@ ENCODERS: dict[str, Callable[[Any], Any]] = {
 
 def dtype_of(cfg):
   if cfg.dtype not in DTYPES:
-    raise ValueError(f"config.model.dtype={cfg.dtype!r}: expected one of {sorted(DTYPES)}")
+    raise ConfigError(f"config.model.dtype={cfg.dtype!r}: expected one of {sorted(DTYPES)}")
   return DTYPES[cfg.dtype]
 
 
 def get_encoder(cfg):
   """The encoder named by ``cfg.name`` (config.model)."""
   if cfg.name not in ENCODERS:
-    raise ValueError(f"config.model.name={cfg.name!r}: expected one of {sorted(ENCODERS)}")
+    raise ConfigError(f"config.model.name={cfg.name!r}: expected one of {sorted(ENCODERS)}")
   return ENCODERS[cfg.name](cfg)
 
 

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mecjax.configlib import ConfigError
 from mecjax.models.norm import BatchNorm
 
 # kaiming_uniform_(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -67,7 +68,7 @@ class MLPHead(nn.Module):
                name=f"linear{n}")(x)
     if self.out_bn is not None:
       if self.out_bn not in ("affine", "no_affine"):
-        raise ValueError(f"out_bn must be None, 'affine' or 'no_affine', got {self.out_bn!r}")
+        raise ConfigError(f"out_bn must be None, 'affine' or 'no_affine', got {self.out_bn!r}")
       affine = self.out_bn == "affine"
       x = BatchNorm(use_running_average=not train, use_scale=affine, use_bias=affine,
                     dtype=self.dtype, name=f"bn{n}")(x)

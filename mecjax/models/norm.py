@@ -13,6 +13,7 @@ match flax's BatchNorm.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -44,18 +45,26 @@ class BatchNorm(nn.Module):
     use_ra = nn.merge_param("use_running_average", self.use_running_average,
                             use_running_average)
     features = x.shape[-1]
+    n = x.size // features
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+    # Feature maps (many rows): the CPU-friendly kernels below. Head activations (a batch
+    # of rows): plain reductions, which are faster there.
+    k = _fold(n, features) if n >= _MIN_ROWS else 1
+    rows = x.reshape(n // k, k * features)   # a free reshape (row-major)
 
     if use_ra:
       mean, var = ra_mean.value, ra_var.value
     else:
-      axes = tuple(range(x.ndim - 1))
-      xf = x.astype(jnp.float32)
-      mean = jnp.mean(xf, axis=axes)
-      var = jnp.maximum(jnp.mean(xf * xf, axis=axes) - mean * mean, 0.0)
+      xf = rows.astype(jnp.float32)
+      if n >= _MIN_ROWS:
+        s1, s2 = column_sums(xf, xf * xf)
+        mean = s1.reshape(k, features).sum(axis=0) / n
+        meansq = s2.reshape(k, features).sum(axis=0) / n
+      else:
+        mean, meansq = jnp.mean(xf, axis=0), jnp.mean(xf * xf, axis=0)
+      var = jnp.maximum(meansq - mean * mean, 0.0)
       if not self.is_initializing():
-        n = x.size // features
         unbiased = var * (n / max(n - 1, 1))
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
@@ -67,4 +76,87 @@ class BatchNorm(nn.Module):
     if self.use_bias:
       add = add + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
     dtype = self.dtype or x.dtype
-    return x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
+    if n < _MIN_ROWS:
+      return x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
+    y = affine(rows.astype(dtype), jnp.tile(mul, k), jnp.tile(add, k))
+    return y.reshape(x.shape)
+
+
+# ------------------------------------------------------------------ CPU-friendly kernels
+#
+# XLA:CPU turns a reduction over a long axis into a tree of reduce-window ops (for
+# accuracy), and it fuses neither the elementwise producer (x * x, g * x, a ReLU mask) into
+# them nor a narrow minor axis well: a per-channel sum of a (256, 32, 32, 16) float32 tensor
+# took ~5 ms that way against ~0.7 ms as below. Below, every per-channel sum is two plain
+# reductions, over blocks of at most 32 rows and then over the block sums, which XLA fuses
+# with their producers; an optimization barrier keeps the simplifier from merging them back
+# into one long reduction. Accuracy is that of the tree (pairwise over blocks of 32).
+
+
+_MIN_ROWS = 2048   # below this, plain reductions (BatchNorm1d of the heads)
+
+
+def _fold(rows: int, features: int) -> int:
+  """How many rows of ``features`` values to view as one row (a free reshape), so that rows
+  are at least 128 values wide: narrow rows reduce several times slower on XLA:CPU."""
+  k = max(2, 128 // max(features, 1))
+  while k > 1 and rows % k:
+    k //= 2
+  return k
+
+
+def _block(rows: int) -> int:
+  b = 32
+  while b > 1 and rows % b:
+    b //= 2
+  return b
+
+
+def _column_sums(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+  rows, width = arrays[0].shape
+  b = _block(rows)
+  partial = tuple(jnp.sum(a.reshape(rows // b, b, width), axis=1) for a in arrays)
+  partial = jax.lax.optimization_barrier(partial)
+  return tuple(jnp.sum(p, axis=0) for p in partial)
+
+
+def column_sums(*arrays: jax.Array) -> tuple[jax.Array, ...]:
+  """Column sums of equally shaped float32 (rows, width) arrays, as described above."""
+  return _column_sums_vjp(arrays[0].shape[0], *arrays)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _column_sums_vjp(rows, *arrays):
+  return _column_sums(*arrays)
+
+
+def _column_sums_fwd(rows, *arrays):
+  return _column_sums(*arrays), None
+
+
+def _column_sums_bwd(rows, _, grads):
+  return tuple(jnp.broadcast_to(g, (rows,) + g.shape) for g in grads)
+
+
+_column_sums_vjp.defvjp(_column_sums_fwd, _column_sums_bwd)
+
+
+@jax.custom_vjp
+def affine(x: jax.Array, mul: jax.Array, add: jax.Array) -> jax.Array:
+  """``x * mul + add`` for x (rows, width) and float32 (width,) vectors, computed in x's dtype;
+  the gradients of ``mul`` and ``add`` are float32 column sums (see above)."""
+  return x * mul.astype(x.dtype) + add.astype(x.dtype)
+
+
+def _affine_fwd(x, mul, add):
+  return affine(x, mul, add), (x, mul)
+
+
+def _affine_bwd(res, g):
+  x, mul = res
+  gf = g.astype(jnp.float32)
+  d_mul, d_add = _column_sums(gf * x.astype(jnp.float32), gf)
+  return (g * mul.astype(g.dtype)).astype(x.dtype), d_mul, d_add
+
+
+affine.defvjp(_affine_fwd, _affine_bwd)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Start N mecjax processes on this machine, talking over 127.0.0.1 (CPU: gloo collectives).
+# For testing the multi-process path: each process reads its own rows of every global
+# batch, checkpoints are written and restored by all of them, logs come from process 0.
+#
+#   bash launch/local.sh N --config=configs/NAME.py[:VARIANT] --workdir=DIR [--config.KEY=VALUE ...]
+#
+# Exits non-zero as soon as any process fails (the others are stopped: they would wait at
+# the next collective forever). MECJAX_PORT picks the coordinator port (default: a free one).
+set -uo pipefail
+if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ || "$1" -lt 1 ]]; then
+  echo "usage: bash launch/local.sh N --config=... --workdir=... [--config.KEY=VALUE ...]" >&2
+  exit 2
+fi
+n=$1; shift
+python=${PYTHON:-python3}
+port=${MECJAX_PORT:-$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+
+pids=()
+for ((i = 0; i < n; i++)); do
+  MECJAX_COORDINATOR="127.0.0.1:$port" MECJAX_NUM_PROCESSES="$n" MECJAX_PROCESS_ID="$i" \
+    JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}" "$python" -m mecjax.main "$@" &
+  pids+=("$!")
+done
+
+stop_all() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; }
+trap 'stop_all; exit 130' INT TERM
+
+status=0
+running=("${pids[@]}")
+while [[ ${#running[@]} -gt 0 ]]; do
+  wait -n -p done_pid "${running[@]}"
+  rc=$?
+  left=()
+  for pid in "${running[@]}"; do [[ $pid != "$done_pid" ]] && left+=("$pid"); done
+  running=("${left[@]}")
+  if [[ $rc -ne 0 ]]; then
+    echo "launch/local.sh: process $done_pid exited with status $rc; stopping the others" >&2
+    stop_all
+    status=$rc
+    break
+  fi
+done
+exit "$status"

@@ -1,0 +1,99 @@
+"""Shared fixtures: 8 forced CPU devices in-process, a CIFAR-10-shaped archive, the CLI.
+
+The in-process tests see 8 CPU devices (sharded-vs-single checks need them); end-to-end
+tests run ``python -m mecjax.main`` in subprocesses with the device count they ask for, and
+share one persistent XLA compilation cache so a configuration compiles once per session.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+# Before JAX starts its backend: 8 CPU devices for the sharding tests.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+           "truck")
+
+
+def write_image_tree(root: Path, per_class: dict[str, int], size=32, seed=0,
+                     top: str | None = None, classes=CLASSES) -> Path:
+  """``[top/]<split>/<class>/<nnnn>.jpg`` of random JPEGs (class-dependent mean colour)."""
+  rng = np.random.default_rng(seed)
+  base = root / top if top else root
+  for split, n in per_class.items():
+    for c, name in enumerate(classes):
+      folder = base / split / name
+      folder.mkdir(parents=True, exist_ok=True)
+      for i in range(n):
+        mean = 40 + 20 * c
+        pixels = np.clip(rng.normal(mean, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", quality=90)
+  return root
+
+
+def tar_tree(root: Path, out: Path, compress: bool) -> Path:
+  with tarfile.open(out, "w:gz" if compress else "w") as tf:
+    for path in sorted(root.rglob("*")):
+      tf.add(path, arcname=str(path.relative_to(root)), recursive=False)
+  return out
+
+
+@pytest.fixture(scope="session")
+def cifar_path(tmp_path_factory) -> str:
+  """The shared CIFAR-10 archive when present (MECJAX_TEST_CIFAR overrides), else a
+  synthetic archive of the same layout (30 train / 16 test images per class)."""
+  env = os.environ.get("MECJAX_TEST_CIFAR")
+  if env:
+    return env
+  if SHARED_CIFAR.exists():
+    return str(SHARED_CIFAR)
+  root = tmp_path_factory.mktemp("cifar_tree")
+  write_image_tree(root, {"train": 30, "test": 16}, top="cifar10")
+  return str(tar_tree(root, tmp_path_factory.mktemp("cifar") / "cifar10.tar.gz", True))
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory) -> str:
+  return str(tmp_path_factory.mktemp("jax_compilation_cache"))
+
+
+def cli_env(devices: int = 1, cache: str | None = None, extra: dict | None = None) -> dict:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+  env["JAX_PLATFORMS"] = "cpu"
+  env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+  if cache:
+    env["JAX_COMPILATION_CACHE_DIR"] = cache
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+  env.update(extra or {})
+  return env
+
+
+def run_main(config: str, workdir, *overrides: str, devices: int = 1, cache: str | None = None,
+             env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+  """``python -m mecjax.main --config=... --workdir=... [--config.K=V ...]`` from the repo."""
+  cmd = [sys.executable, "-m", "mecjax.main", f"--config={config}", f"--workdir={workdir}",
+         *overrides]
+  return subprocess.run(cmd, cwd=REPO, env=cli_env(devices, cache, env), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def encode_jpeg(pixels: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
+  return buf.getvalue()

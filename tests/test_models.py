@@ -1,0 +1,122 @@
+"""Encoders, heads and BatchNorm: torchvision shapes, PyTorch padding and BN semantics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mecjax.models import BatchNorm, MLPHead, resnet18, resnet50
+from mecjax.models.resnet import _conv
+
+
+def n_params(tree):
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def init(model, shape, **kw):
+  return model.init(jax.random.key(0), jnp.zeros(shape), **kw)
+
+
+def test_parameter_counts_match_torchvision():
+  # torchvision resnet50 without fc: 23,508,032; resnet18 with a 3x3 stem: 11,168,832.
+  v50 = jax.eval_shape(lambda: init(resnet50(), (1, 224, 224, 3), train=True))
+  v18 = jax.eval_shape(lambda: init(resnet18(cifar_stem=True), (1, 32, 32, 3), train=True))
+  assert n_params(v50["params"]) == 23_508_032
+  assert n_params(v18["params"]) == 11_168_832
+  assert resnet50().num_features == 2048 and resnet18(width=0.25).num_features == 128
+
+
+def test_zero_init_residual_zeroes_the_last_bn_of_every_block():
+  v = init(resnet18(width=0.125, cifar_stem=True, zero_init_residual=True), (1, 16, 16, 3),
+           train=True)
+  blocks = [k for k in v["params"] if k.startswith("layer")]
+  assert len(blocks) == 8
+  for k in blocks:
+    assert not np.any(np.asarray(v["params"][k]["bn2"]["scale"]))
+    assert np.all(np.asarray(v["params"][k]["bn1"]["scale"]) == 1)
+
+
+def _torch_conv2d(x, w, stride, pad):
+  """PyTorch Conv2d (cross-correlation, symmetric zero padding) in numpy. x: NHWC, w: HWIO."""
+  x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  kh, kw = w.shape[:2]
+  oh = (x.shape[1] - kh) // stride + 1
+  ow = (x.shape[2] - kw) // stride + 1
+  out = np.zeros((x.shape[0], oh, ow, w.shape[3]))
+  for i in range(oh):
+    for j in range(ow):
+      patch = x[:, i * stride:i * stride + kh, j * stride:j * stride + kw, :]
+      out[:, i, j] = np.einsum("nhwc,hwco->no", patch, w)
+  return out
+
+
+@pytest.mark.parametrize("kernel,stride,size", [(3, 2, 8), (7, 2, 12), (3, 1, 6), (1, 2, 8)])
+def test_convolutions_pad_like_pytorch(kernel, stride, size):
+  # flax 'SAME' would pad a stride-2 conv (0, 1): a half-pixel shift against torchvision.
+  conv = _conv(4, kernel, stride)
+  x = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype(np.float32)
+  params = conv.init(jax.random.key(1), jnp.asarray(x))
+  got = np.asarray(conv.apply(params, jnp.asarray(x)))
+  want = _torch_conv2d(x.astype(np.float64), np.asarray(params["params"]["kernel"],
+                                                          np.float64), stride, (kernel - 1) // 2)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_train_mode_and_running_statistics_as_pytorch():
+  rng = np.random.default_rng(0)
+  x = rng.normal(2.0, 3.0, size=(8, 5, 5, 4)).astype(np.float32)
+  bn = BatchNorm(use_running_average=False)
+  v = bn.init(jax.random.key(0), jnp.asarray(x))
+  params = {"scale": jnp.arange(1.0, 5.0), "bias": jnp.arange(4.0)}
+  out, mut = bn.apply({"params": params, "batch_stats": v["batch_stats"]}, jnp.asarray(x),
+                      mutable=["batch_stats"])
+  flat = x.reshape(-1, 4).astype(np.float64)
+  mean, var = flat.mean(0), flat.var(0)
+  want = (x - mean) / np.sqrt(var + 1e-5) * np.arange(1, 5) + np.arange(4)
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-4, atol=1e-4)
+  # PyTorch: running = 0.9 running + 0.1 batch, the variance unbiased.
+  np.testing.assert_allclose(np.asarray(mut["batch_stats"]["mean"]), 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(mut["batch_stats"]["var"]),
+                             0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+  # Eval mode normalises with the running statistics.
+  ev = BatchNorm(use_running_average=True).apply(
+      {"params": params, "batch_stats": mut["batch_stats"]}, jnp.asarray(x))
+  rm, rv = (np.asarray(mut["batch_stats"][k]) for k in ("mean", "var"))
+  np.testing.assert_allclose(np.asarray(ev), (x - rm) / np.sqrt(rv + 1e-5) * np.arange(1, 5)
+                             + np.arange(4), rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm_without_affine_has_no_parameters():
+  v = BatchNorm(use_running_average=False, use_scale=False, use_bias=False).init(
+      jax.random.key(0), jnp.ones((4, 3)))
+  assert "params" not in v and set(v["batch_stats"]) == {"mean", "var"}
+
+
+def test_batchnorm_statistics_are_global_over_a_sharded_batch():
+  mesh = Mesh(np.asarray(jax.devices()[:8]), ("data",))
+  model = resnet18(width=0.125, cifar_stem=True)
+  x = np.random.default_rng(1).normal(size=(16, 8, 8, 3)).astype(np.float32)
+  v = init(model, x.shape, train=True)
+  f = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+  single = f(v, jnp.asarray(x))
+  sharded = f(v, jax.device_put(x, NamedSharding(mesh, P("data"))))
+  np.testing.assert_allclose(np.asarray(sharded[0]), np.asarray(single[0]), rtol=1e-4,
+                             atol=1e-5)
+  for a, b in zip(jax.tree.leaves(sharded[1]), jax.tree.leaves(single[1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+
+
+def test_mlp_head_layout():
+  head = MLPHead(hidden=(16, 8), out_dim=6, out_bn="no_affine")
+  v = init(head, (4, 10), train=True)
+  p = v["params"]
+  assert set(p) == {"linear0", "bn0", "linear1", "bn1", "linear2"}
+  assert "bias" not in p["linear0"]["dense"] and "bias" not in p["linear2"]["dense"]
+  assert p["linear2"]["dense"]["kernel"].shape == (8, 6)
+  pred = init(MLPHead(hidden=(5,), out_dim=6), (4, 6), train=True)["params"]
+  assert "bias" in pred["linear1"]["dense"]
+  bound = 1 / np.sqrt(6)  # PyTorch Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+  assert np.abs(np.asarray(pred["linear0"]["dense"]["kernel"])).max() <= bound
+  with pytest.raises(ValueError, match="out_bn"):
+    init(MLPHead(hidden=(), out_dim=3, out_bn="yes"), (2, 3), train=True)

@@ -230,3 +230,59 @@ def test_tfds_source_through_mock_data():
     src = load_split(cfg, "train", 20, in_memory=True, size=32)
   assert len(src) == 20 and src.images.shape == (20, 32, 32, 3)
   assert len(src.classes) == 10 and src.labels.min() >= 0
+
+
+def _np_gray(x):
+  return (0.2989 * x[..., 0] + 0.5870 * x[..., 1] + 0.1140 * x[..., 2])[..., None]
+
+
+def _np_hue(x, delta):
+  import colorsys
+  flat = x.reshape(-1, 3)
+  out = np.array([colorsys.hsv_to_rgb((h + delta) % 1.0, s, v)
+                  for h, s, v in (colorsys.rgb_to_hsv(*p) for p in flat)])
+  return np.clip(out.reshape(x.shape), 0, 1)
+
+
+def test_color_jitter_matches_a_per_image_torchvision_reference():
+  rng = np.random.default_rng(4)
+  x = rng.uniform(size=(6, 5, 5, 3)).astype(np.float32)
+  keys = jax.random.split(jax.random.key(7), 6)
+  got = np.asarray(augment.color_jitter(keys, jnp.asarray(x), (0.4, 0.4, 0.2, 0.1), 0.8))
+  for i in range(6):
+    # The same draws as the implementation, then torchvision's ops one by one, in order.
+    kb, kc, ks, kh, kp, kapply = jax.random.split(keys[i], 6)
+    f = [float(jax.random.uniform(kb, minval=0.6, maxval=1.4)),
+         float(jax.random.uniform(kc, minval=0.6, maxval=1.4)),
+         float(jax.random.uniform(ks, minval=0.8, maxval=1.2)),
+         float(jax.random.uniform(kh, minval=-0.1, maxval=0.1))]
+    y = x[i].astype(np.float64)
+    if bool(jax.random.bernoulli(kapply, 0.8)):
+      for op in np.asarray(jax.random.permutation(kp, 4)):
+        if op == 0:
+          y = np.clip(y * f[0], 0, 1)
+        elif op == 1:
+          y = np.clip(f[1] * y + (1 - f[1]) * _np_gray(y).mean(), 0, 1)
+        elif op == 2:
+          y = np.clip(f[2] * y + (1 - f[2]) * _np_gray(y), 0, 1)
+        else:
+          y = _np_hue(y, f[3])
+    np.testing.assert_allclose(got[i], y, atol=2e-5)
+
+
+def test_blur_is_a_separable_gaussian_with_extended_edges():
+  rng = np.random.default_rng(5)
+  x = rng.uniform(size=(3, 9, 11, 2)).astype(np.float32)
+  keys = jax.random.split(jax.random.key(2), 3)
+  got = np.asarray(augment.random_blur(keys, jnp.asarray(x), 1.0))
+  for i in range(3):
+    s = float(jax.random.uniform(jax.random.split(keys[i])[0], minval=0.1, maxval=2.0))
+    taps = np.exp(-0.5 * (np.arange(-6, 7) / s) ** 2)
+    taps /= taps.sum()
+    y = x[i].astype(np.float64)
+    for axis in (0, 1):
+      n = y.shape[axis]
+      padded = np.take(y, np.clip(np.arange(-6, n + 6), 0, n - 1), axis=axis)
+      y = sum(t * np.take(padded, np.arange(k, k + n), axis=axis) for k, t in enumerate(taps))
+    np.testing.assert_allclose(got[i], y, atol=1e-5)
+  assert np.array_equal(np.asarray(augment.random_blur(keys, jnp.asarray(x), 0.0)), x)

@@ -120,8 +120,11 @@ def _hue(x, delta):
 def color_jitter(keys, x, strength: Sequence[float], prob: float):
   """torchvision ``RandomApply([ColorJitter(*strength)], p=prob)`` on a (B,H,W,3) batch.
 
-  The four adjustments run in a random order per image; an image the coin skips gets
-  identity factors.
+  The four adjustments run in a random order per image. Brightness, contrast and
+  saturation are all blends ``clip(f x + (1 - f) target)`` (target 0, the mean grey level,
+  the grey image), so the order is evaluated as: the blends placed before the hue shift,
+  the hue shift once, the blends placed after it; each position is one fused blend with a
+  per-image factor and target. An image the coin skips is returned unchanged.
   """
   b, c, s, h = strength
 
@@ -132,18 +135,27 @@ def color_jitter(keys, x, strength: Sequence[float], prob: float):
         jax.random.uniform(kc, minval=max(0.0, 1 - c), maxval=1 + c),
         jax.random.uniform(ks, minval=max(0.0, 1 - s), maxval=1 + s),
         jax.random.uniform(kh, minval=-h, maxval=h)])
-    apply = jax.random.bernoulli(kapply, prob)
-    f = jnp.where(apply, f, jnp.array([1.0, 1.0, 1.0, 0.0]))
-    return f, jax.random.permutation(kp, 4)
+    return f, jax.random.permutation(kp, 4), jax.random.bernoulli(kapply, prob)
 
-  factors, order = jax.vmap(draws)(keys)
-  ops = (lambda y: _brightness(y, factors[:, 0]), lambda y: _contrast(y, factors[:, 1]),
-         lambda y: _saturation(y, factors[:, 2]), lambda y: _hue(y, factors[:, 3]))
-  for position in range(4):
-    which = order[:, position][:, None, None, None]
-    outs = [op(x) for op in ops]
-    x = jnp.select([which == i for i in range(4)], outs)
-  return x
+  factors, order, apply = jax.vmap(draws)(keys)
+  hue_at = jnp.argmax(order == 3, axis=1)            # position of the hue shift
+  col = lambda v: v[:, None, None, None]
+
+  def blend_at(y, position, active):
+    op = order[:, position]
+    f = jnp.where(active & (op < 3), jnp.take_along_axis(factors, op[:, None], 1)[:, 0], 1.0)
+    gray = _gray(y)
+    mean = jnp.mean(gray, axis=(1, 2, 3), keepdims=True)
+    target = jnp.where(col(op == 0), 0.0, jnp.where(col(op == 1), mean, gray))
+    return jnp.clip(col(f) * y + (1 - col(f)) * target, 0.0, 1.0)
+
+  y = x
+  for position in range(3):
+    y = blend_at(y, position, position < hue_at)
+  y = _hue(y, jnp.where(apply, factors[:, 3], 0.0))
+  for position in range(1, 4):
+    y = blend_at(y, position, position > hue_at)
+  return jnp.where(col(apply), y, x)
 
 
 def _coin(keys, prob):
@@ -158,17 +170,40 @@ def random_solarize(keys, x, prob: float):
   return jnp.where(_coin(keys, prob), pix.solarize(x, SOLARIZE_THRESHOLD), x)
 
 
-def random_blur(keys, x, prob: float, sigma=(0.1, 2.0)):
-  """``RandomApply([GaussianBlur(sigma ~ U(0.1, 2))], p=prob)``; kernel covers 3 sigma."""
-  kernel = 2 * math.ceil(3 * sigma[1]) + 1
+def _clamped_shifts(size: int, radius: int) -> np.ndarray:
+  """(2r+1, size, size) matrices P_o with P_o[i, clamp(i + o)] = 1: a shift by o whose
+  out-of-range taps fall on the edge pixel (PIL's blur extends the edges)."""
+  out = np.zeros((2 * radius + 1, size, size), np.float32)
+  rows = np.arange(size)
+  for k, o in enumerate(range(-radius, radius + 1)):
+    out[k, rows, np.clip(rows + o, 0, size - 1)] = 1.0
+  return out
 
-  def one(key, image):
+
+def random_blur(keys, x, prob: float, sigma=(0.1, 2.0)):
+  """``RandomApply([GaussianBlur(sigma ~ U(0.1, 2))], p=prob)`` on a (B,H,W,C) batch.
+
+  Separable Gaussian (taps to 3 sigma_max, edges extended as PIL does), applied as two
+  batched matrix products with per-image (H,H) and (W,W) blur matrices: on CPU several
+  times faster than per-image convolution kernels, and one fused matmul on accelerators.
+  """
+  radius = math.ceil(3 * sigma[1])
+  offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+
+  def draws(key):
     k_sigma, k_apply = jax.random.split(key)
     s = jax.random.uniform(k_sigma, minval=sigma[0], maxval=sigma[1])
-    blurred = pix.gaussian_blur(image, s, kernel)
-    return jnp.where(jax.random.bernoulli(k_apply, prob), blurred, image)
+    taps = jnp.exp(-0.5 * (offsets / s) ** 2)
+    return taps / jnp.sum(taps), jax.random.bernoulli(k_apply, prob)
 
-  return jax.vmap(one)(keys, x)
+  taps, apply = jax.vmap(draws)(keys)
+  height, width = x.shape[1:3]
+  k_h = jnp.einsum("bo,oij->bij", taps, _clamped_shifts(height, radius))
+  k_w = k_h if width == height else jnp.einsum("bo,oij->bij", taps,
+                                               _clamped_shifts(width, radius))
+  y = jnp.einsum("bij,bjwc->biwc", k_h, x)
+  y = jnp.einsum("bkw,bhwc->bhkc", k_w, y)
+  return jnp.where(apply[:, None, None, None], y, x)
 
 
 def random_flip(keys, x):

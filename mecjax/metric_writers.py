@@ -43,6 +43,9 @@ class _TensorboardEvents:
 
 
 def _tensorboard_writer(logdir: str):
+  # TensorFlow only writes summaries here: keep its start-up banner and oneDNN kernels off.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
   try:
     import tensorflow  # noqa: F401  (clu's summary writer needs it)
     from clu import metric_writers

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -167,38 +168,9 @@ def run(config, workdir: str) -> dict:
                          out_shardings=(repl, repl), donate_argnums=(0,))
 
   # --------------------------------------------------------------- evaluate
-  encode = jax.jit(lambda params, ms, images: method.encode(params, ms,
-                                                            recipe.eval_view(images)))
-  probe_logits = jax.jit(lambda p, f: probe_net.apply({"params": p}, f))
-
-  def features_of(state, source):
-    feats, labels, valid = [], [], []
-    for batch in data_lib.eval_batches(source, global_batch=config.eval_batch_size, mesh=mesh,
-                                       transform=recipe.eval_transform(),
-                                       threads=dcfg.host_threads):
-      feats.append(encode(state.params, state.model_state, batch["image"]))
-      labels.append(batch["label"])
-      valid.append(batch["valid"])
-    return jnp.concatenate(feats), jnp.concatenate(labels), jnp.concatenate(valid)
-
-  def evaluate(state) -> dict:
-    t = time.time()
-    out = {}
-    q_feat, q_label, q_valid = features_of(state, query_src)
-    if knn_on:
-      b_feat, b_label, b_valid = features_of(state, bank_src)
-      out["knn_top1"] = float(evaluators.knn_top1(
-          b_feat, b_label, b_valid, q_feat, q_label, q_valid, num_classes=num_classes,
-          k=config.knn.k, temperature=config.knn.temperature))
-    if probe_on:
-      logits = probe_logits(state.probe_params, q_feat)
-      correct = (jnp.argmax(logits, -1) == q_label) & q_valid
-      out["probe_top1"] = float(jnp.sum(correct) / jnp.maximum(jnp.sum(q_valid), 1))
-    out["eval_seconds"] = time.time() - t
-    log.info("eval at step %d (BN in eval mode, k=%d, T=%g): %s", int(state.step),
-             config.knn.k, config.knn.temperature,
-             ", ".join(f"{k} {v:.4f}" for k, v in out.items()))
-    return out
+  evaluate = Evaluator(config, method, recipe, mesh, bank_src if knn_on else None,
+                       query_src if (knn_on or probe_on) else None, num_classes,
+                       probe_net if probe_on else None)
 
   all_finite = jax.jit(lambda tree: jnp.all(jnp.asarray(
       [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])))
@@ -275,6 +247,61 @@ def run(config, workdir: str) -> dict:
     checkpointer.close()
     writer.close()
   return last_row
+
+
+class Evaluator:
+  """The kNN monitor and the online probe's accuracy, on eval-mode backbone features.
+
+  ``Evaluator(...)(state) -> {'knn_top1', 'probe_top1', 'eval_seconds'}``: features of the
+  un-augmented bank (train split) and query (eval split) sources, weighted kNN
+  (``config.knn``) and the probe's top-1 on the queries. ``bank`` None skips kNN, ``probe``
+  None skips the probe.
+  """
+
+  def __init__(self, config, method, recipe, mesh, bank, queries, num_classes: int,
+               probe: nn.Module | None, bn_mode: str = "eval"):
+    self.config, self.recipe, self.mesh = config, recipe, mesh
+    self.bank, self.queries, self.num_classes, self.probe = bank, queries, num_classes, probe
+    self.bn_mode = bn_mode   # "eval": running statistics; "batch": each eval batch's own
+    self.encode = jax.jit(lambda params, ms, images: method.encode(
+        params, ms, recipe.eval_view(images), train=bn_mode == "batch"))
+    self.probe_logits = jax.jit(lambda p, f: probe.apply({"params": p}, f)) if probe else None
+
+  def features(self, params, model_state, source):
+    """(features, labels, valid) of every image of ``source``, as global arrays."""
+    feats, labels, valid = [], [], []
+    for batch in data_lib.eval_batches(source, global_batch=self.config.eval_batch_size,
+                                       mesh=self.mesh, transform=self.recipe.eval_transform(),
+                                       threads=self.config.data.host_threads):
+      feats.append(self.encode(params, model_state, batch["image"]))
+      labels.append(batch["label"])
+      valid.append(batch["valid"])
+    return jnp.concatenate(feats), jnp.concatenate(labels), jnp.concatenate(valid)
+
+  def knn(self, bank_features, queries) -> float:
+    cfg = self.config.knn
+    return float(evaluators.knn_top1(*bank_features, *queries, num_classes=self.num_classes,
+                                     k=cfg.k, temperature=cfg.temperature))
+
+  def __call__(self, state) -> dict:
+    t = time.time()
+    out = {}
+    if self.queries is None:
+      return out
+    queries = self.features(state.params, state.model_state, self.queries)
+    if self.bank is not None:
+      out["knn_top1"] = self.knn(self.features(state.params, state.model_state, self.bank),
+                                 queries)
+    if self.probe is not None:
+      q_feat, q_label, q_valid = queries
+      logits = self.probe_logits(state.probe_params, q_feat)
+      correct = (jnp.argmax(logits, -1) == q_label) & q_valid
+      out["probe_top1"] = float(jnp.sum(correct) / jnp.maximum(jnp.sum(q_valid), 1))
+    out["eval_seconds"] = time.time() - t
+    log.info("eval at step %d (BN in %s mode, k=%d, T=%g): %s", int(state.step),
+             self.bn_mode, self.config.knn.k, self.config.knn.temperature,
+             ", ".join(f"{k} {v:.4f}" for k, v in out.items()))
+    return out
 
 
 def make_tx(config, run: methods.RunInfo, uses_target: bool):

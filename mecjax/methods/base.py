@@ -111,10 +111,16 @@ class Method:
       state["target_batch_stats"] = variables["batch_stats"]
     return variables["params"], state
 
-  def encode(self, params, state, images) -> jax.Array:
-    """Backbone features in eval mode (running BN statistics): kNN, probe, export."""
-    return self.net.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
-                          train=False, method=SSLNet.features)
+  def encode(self, params, state, images, train: bool = False) -> jax.Array:
+    """Backbone features: kNN, probe, export. BN in eval mode (running statistics) unless
+    ``train``, which normalises with the statistics of ``images`` (the running statistics
+    are left as they are)."""
+    variables = {"params": params, "batch_stats": state["batch_stats"]}
+    if train:
+      out, _ = self.net.apply(variables, images, train=True, method=SSLNet.features,
+                              mutable=["batch_stats"])
+      return out
+    return self.net.apply(variables, images, train=False, method=SSLNet.features)
 
   def loss(self, params, state, target, views, step) -> tuple[jax.Array, LossOutput]:
     raise NotImplementedError

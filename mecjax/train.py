@@ -155,7 +155,8 @@ def run(config, workdir: str) -> dict:
     train_input.set_state(data_state)
 
   # ------------------------------------------------------------- train step
-  schedule_keys = ("lr", "ema_momentum") + getattr(method, "schedule_metrics", ("lamda_inv",))
+  # Logged as the interval's last value (a schedule), the others as the interval's mean.
+  schedule_keys = ("lr", "ema_momentum") + tuple(method.schedule_metrics)
 
   update = make_update(method, tx, lr, ema_momentum, probe_net, probe_tx, probe_on)
 

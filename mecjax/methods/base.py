@@ -92,6 +92,7 @@ class Method:
 
   name = "base"
   uses_target = False   # keep an EMA target (teacher) in the optimiser state
+  schedule_metrics: tuple[str, ...] = ()   # metrics that are schedules: logged as last value
 
   def __init__(self, config, run: RunInfo):
     self.config, self.run = config, run

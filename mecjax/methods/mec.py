@@ -32,6 +32,7 @@ from mecjax.methods.base import LossOutput, Method
 class MEC(Method):
   name = "mec"
   uses_target = True
+  schedule_metrics = ("lamda_inv",)
 
   def __init__(self, config, run):
     super().__init__(config, run)

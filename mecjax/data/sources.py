@@ -111,7 +111,7 @@ class LocalImages:
       for root, dirs, files in os.walk(path, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         r = os.path.relpath(root, path)
-        rel.extend(f for f in (os.path.join(r, f) if r != "." else f for f in files))
+        rel.extend(os.path.join(r, f) if r != "." else f for f in files)
       self.relpaths = rel
     elif tarfile.is_tarfile(path):
       with open(path, "rb") as f:

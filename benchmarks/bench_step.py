@@ -229,7 +229,8 @@ def main(argv=None):
   print(f"date: {datetime.datetime.now().isoformat(timespec='seconds')}")
   print(f"host: {platform.node()}  cpu: {cpu_model()}  os.cpu_count(): {os.cpu_count()}  "
         f"python {platform.python_version()}")
-  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
   if do_jax:
     import flax
     import jax

@@ -13,9 +13,15 @@ p.add_argument("--k", type=int, default=0)
 p.add_argument("--dtypes", default="float32")
 p.add_argument("--variants", default="ref,new")
 p.add_argument("--torch", action="store_true")
+p.add_argument("--mallopt", action="store_true", help="glibc: one arena, no mmap, no trim")
 p.add_argument("--xla-flags", default="--xla_cpu_experimental_ynn_fusion_type=")
 a = p.parse_args()
 os.environ["XLA_FLAGS"] = a.xla_flags
+if a.mallopt:
+  import ctypes
+  _libc = ctypes.CDLL("libc.so.6")
+  for _param, _value in ((-8, 1), (-4, 0), (-1, 2**31 - 1)):  # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD
+    assert _libc.mallopt(_param, _value) == 1
 HERE = os.path.dirname(os.path.abspath(__file__)); ROOT = os.path.dirname(HERE)
 sys.path[:0] = [ROOT, HERE]
 import numpy as np, jax
@@ -37,6 +43,20 @@ def reference_models():
     models.ENCODERS.clear(); models.ENCODERS.update(enc); models.MLPHead = head
 
 
+@contextlib.contextmanager
+def no_metrics():
+  """The step without the logged monitors (effective rank, spectral norm): their cost."""
+  import jax.numpy as jnp
+  from mecjax import losses, monitors, train
+  saved = monitors.collapse_metrics, losses.mec_spectral_norm
+  monitors.collapse_metrics = lambda z: {}
+  losses.mec_spectral_norm = lambda *a, **k: jnp.zeros(())
+  try:
+    yield
+  finally:
+    monitors.collapse_metrics, losses.mec_spectral_norm = saved
+
+
 def main():
   print(f"XLA_FLAGS={os.environ['XLA_FLAGS']} width {a.width} batch {a.batch}", flush=True)
   rng = np.random.default_rng(0)
@@ -48,11 +68,11 @@ def main():
     for var in a.variants.split(","):
       cfg = bs.load_config(os.path.join(ROOT, "configs/mec_cifar10.py"))
       cfg.model.width = a.width / 64; cfg.model.dtype = dt; cfg.batch_size = a.batch
-      ctx = reference_models() if var == "ref" else contextlib.nullcontext()
+      ctx = {"ref": reference_models, "nometrics": no_metrics}.get(var, contextlib.nullcontext)()
       t = time.perf_counter()
       with ctx:
         r = bs.JaxStep(cfg, a.batch, views, labels)
-      r.run(2)
+        r.run(2)   # traced (and compiled) inside the context
       print(f"  {var}/{dt}: compile+2 steps {time.perf_counter() - t:.1f}s loss {float(r.metrics['loss']):.6f}", flush=True)
       runners[f"{var}_{dt}"] = r
   if a.torch:

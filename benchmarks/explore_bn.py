@@ -24,6 +24,7 @@ def timeit(f, reps):
   return (time.perf_counter() - t) / reps * 1e3
 print(f"XLA_FLAGS={os.environ['XLA_FLAGS']}")
 shapes = [(N, 32, 32, w), (N, 16, 16, 2*w), (N, 8, 8, 4*w), (N, 4, 4, 8*w), (N, 2048), (N, 512)]
+if a.shapes: shapes = [shapes[int(i)] for i in a.shapes.split(",")]
 for shape in shapes:
   x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32) * 2 + 0.5
   C = shape[-1]
@@ -57,6 +58,6 @@ for shape in shapes:
   fns += [tf, tfb]
   res = [[] for _ in fns]
   for r in range(a.rounds):
-    for i, fn in enumerate(fns): res[i].append(timeit(fn, a.reps))
+    for i, fn in enumerate(fns): time.sleep(0.1); res[i].append(timeit(fn, a.reps))
   m = [statistics.median(r) for r in res]
   print(f"{shape}: ref fwd {m[0]:.2f} f+b {m[1]:.2f} | new fwd {m[2]:.2f} f+b {m[3]:.2f} | torch fwd {m[4]:.2f} f+b {m[5]:.2f} ms | max rel diff new/ref {max(errs):.1e}", flush=True)

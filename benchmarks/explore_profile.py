@@ -1,6 +1,11 @@
 """Profile the real mecjax MEC step on CPU: per-HLO-op time from a jax.profiler trace.
 
   python benchmarks/explore_profile.py --width 16 [--dtype bfloat16] [--steps 3]
+
+Caveat, measured: XLA:CPU runs convolution thunks asynchronously on its thread pool, so a
+convolution's trace event covers only its dispatch (microseconds) and the fusions that run
+beside it absorb its time. Use the trace for fusions and dots; time convolutions with
+benchmarks/explore_conv.py or by ablation (benchmarks/explore_backbone.py).
 """
 import argparse, collections, glob, gzip, json, os, re, sys, time
 p = argparse.ArgumentParser()

@@ -7,7 +7,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mecjax.models import BatchNorm, MLPHead, resnet18, resnet50
-from mecjax.models.resnet import _conv
+from mecjax.models.norm import _MIN_ROWS
+from mecjax.models.resnet import _conv, conv2d
 
 
 def n_params(tree):
@@ -61,6 +62,61 @@ def test_convolutions_pad_like_pytorch(kernel, stride, size):
   want = _torch_conv2d(x.astype(np.float64), np.asarray(params["params"]["kernel"],
                                                           np.float64), stride, (kernel - 1) // 2)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _lax_conv(x, w, stride, pad):
+  return jax.lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+# (kernel, stride, size): the phase-decomposed stride-2 input gradient (3, 2, even), its
+# fallback (3, 2, odd), the 1x1 matrix-product shortcut at both strides, the 7x7 stem, 3x3/1.
+@pytest.mark.parametrize("kernel,stride,size", [(3, 2, 8), (3, 2, 7), (1, 2, 8), (1, 2, 7),
+                                                (1, 1, 6), (7, 2, 12), (3, 1, 6)])
+def test_conv2d_custom_gradient_equals_autodiff(kernel, stride, size):
+  rng = np.random.default_rng(kernel * 100 + stride * 10 + size)
+  x = jnp.asarray(rng.normal(size=(3, size, size, 5)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(kernel, kernel, 5, 6)), jnp.float32)
+  pad = (kernel - 1) // 2
+  out_shape = _lax_conv(x, w, stride, pad).shape
+  ct = jnp.asarray(rng.normal(size=out_shape), jnp.float32)
+  loss = lambda f: lambda x, w: jnp.sum(f(x, w, stride, pad) * ct)
+  got = jax.jit(jax.grad(loss(conv2d), argnums=(0, 1)))(x, w)
+  want = jax.grad(loss(_lax_conv), argnums=(0, 1))(x, w)
+  np.testing.assert_allclose(np.asarray(conv2d(x, w, stride, pad)),
+                             np.asarray(_lax_conv(x, w, stride, pad)), rtol=1e-5, atol=1e-5)
+  for g, h in zip(got, want):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(h), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(32, 8, 8, 16), (128, 4, 4, 48), (16, 16, 16, 3)])
+def test_batchnorm_kernels_match_the_plain_formula_with_gradients(shape):
+  # Enough rows for the blocked column-sum kernels (and the folded view of narrow rows).
+  assert np.prod(shape[:-1]) >= _MIN_ROWS
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(1.5, 2.0, size=shape), jnp.float32)
+  ct = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  c = shape[-1]
+  params = {"scale": jnp.asarray(rng.normal(1, 0.2, size=c), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=c), jnp.float32)}
+  stats = {"mean": jnp.zeros(c), "var": jnp.ones(c)}
+  bn = BatchNorm(use_running_average=False)
+
+  def ours(x, p):
+    y, _ = bn.apply({"params": p, "batch_stats": stats}, x, mutable=["batch_stats"])
+    return jnp.sum(y * ct)
+
+  def plain(x, p):
+    mean = jnp.mean(x, axis=(0, 1, 2))
+    var = jnp.var(x, axis=(0, 1, 2))
+    return jnp.sum(((x - mean) * jax.lax.rsqrt(var + 1e-5) * p["scale"] + p["bias"]) * ct)
+
+  (v1, g1), (v2, g2) = (jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(x, params)
+                        for f in (ours, plain))
+  np.testing.assert_allclose(float(v1), float(v2), rtol=1e-4)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3,
+                               atol=2e-3 * float(np.abs(np.asarray(b)).max()))
 
 
 def test_batchnorm_train_mode_and_running_statistics_as_pytorch():

@@ -3,5 +3,22 @@
 from mecjax.losses.mec import mec_logdet
 from mecjax.losses.mec import mec_loss
 from mecjax.losses.mec import mec_spectral_norm
+from mecjax.losses.contrastive import infonce_loss
+from mecjax.losses.music import music_loss
+from mecjax.losses.music import music_terms
+from mecjax.losses.redundancy import barlow_twins_loss
+from mecjax.losses.redundancy import vicreg_loss
+from mecjax.losses.redundancy import vicreg_terms
+from mecjax.losses.siamese import byol_loss
+from mecjax.losses.siamese import simsiam_loss
+from mecjax.losses.swav import sinkhorn
+from mecjax.losses.swav import swav_loss
 
-__all__ = ["mec_loss", "mec_logdet", "mec_spectral_norm"]
+__all__ = [
+    "mec_loss", "mec_logdet", "mec_spectral_norm",
+    "music_loss", "music_terms",
+    "simsiam_loss", "byol_loss",
+    "barlow_twins_loss", "vicreg_loss", "vicreg_terms",
+    "sinkhorn", "swav_loss",
+    "infonce_loss",
+]

@@ -23,7 +23,8 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   return x / jnp.maximum(norm, eps)
 
 
-def _as_float(x: jax.Array) -> jax.Array:
+def as_float(x: jax.Array) -> jax.Array:
+  """x in at least float32 (float64 stays float64): what every loss computes in."""
   # The series, the log-det and their reductions stay in at least float32 even when the
   # network computes in bfloat16; float64 inputs stay float64 (parity tests).
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
@@ -43,8 +44,8 @@ def correlation(z1: jax.Array, z2: jax.Array, lamda_inv) -> jax.Array:
   between them (their singular values differ).
   """
   m, d = _check_pair(z1, z2)
-  a = l2_normalize(_as_float(z1))
-  b = l2_normalize(_as_float(z2))
+  a = l2_normalize(as_float(z1))
+  b = l2_normalize(as_float(z2))
   c = a @ b.T if m <= d else a.T @ b
   return c / lamda_inv
 
@@ -123,8 +124,8 @@ def mec_spectral_norm(z1: jax.Array, z2: jax.Array, *, lamda_inv,
   monitor: no gradient flows through it.
   """
   m, d = _check_pair(z1, z2)
-  a = jax.lax.stop_gradient(l2_normalize(_as_float(z1)))
-  b = jax.lax.stop_gradient(l2_normalize(_as_float(z2)))
+  a = jax.lax.stop_gradient(l2_normalize(as_float(z1)))
+  b = jax.lax.stop_gradient(l2_normalize(as_float(z2)))
   if d < m:
     a, b = jnp.linalg.qr(a, mode="r"), jnp.linalg.qr(b, mode="r")
   c = (a @ b.T) / lamda_inv

@@ -16,6 +16,7 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mecjax.models.norm import BatchNorm
@@ -25,10 +26,136 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _conv(features, kernel, stride=1, name=None, dtype=None):
-  pad = (kernel - 1) // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=conv_init,
-                 dtype=dtype, name=name)
+  return Conv(features, kernel, stride, dtype=dtype, name=name)
+
+
+class Conv(nn.Module):
+  """``nn.Conv(features, (k, k), strides=(s, s), padding=((p, p), (p, p)), use_bias=False)``
+  with ``p = (k - 1) // 2``: the same parameter (``kernel``, HWIO, float32), initialisation
+  and output, with a gradient arranged for XLA:CPU (``conv2d``)."""
+  features: int
+  kernel_size: int
+  stride: int = 1
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x):
+    k = self.kernel_size
+    kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
+    dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
+    return conv2d(x.astype(dtype), kernel.astype(dtype), self.stride, (k - 1) // 2)
+
+
+# ------------------------------------------------------------- convolution for XLA:CPU
+#
+# XLA:CPU runs every convolution through Eigen. Its forward pass is within ~25% of
+# PyTorch's (oneDNN); its gradients are where a ResNet step loses most of its time.
+# ``conv2d`` keeps the forward and arranges the backward pass (benchmarks/explore_*.py;
+# effects on a CIFAR ResNet-18 forward+backward, batch 256, 2-core CPU):
+#
+# * Operands are materialised first (``_materialize``): -24% (width 64) to -32% (width 16).
+#   The weight gradient is a convolution over transposed copies of the input and of the
+#   output gradient; left alone, XLA fuses the whole BatchNorm/ReLU/residual chain that
+#   produced them into those transposes and recomputes it with a transposed, cache-hostile
+#   access pattern (up to ~100 fused ops per transpose). An optimization barrier does not
+#   stop that on CPU (it is expanded before fusion); a while loop that runs no iteration does.
+# * The input gradient of a stride-2 3x3 convolution is XLA's input-dilated convolution,
+#   up to 8x slower than a plain one in Eigen. It is computed instead as one stride-1 2x2
+#   convolution of the output gradient into the four phases of the input
+#   (``_dx_stride2``), then a depth-to-space transpose: -2.5% to -5%.
+# * 1x1 convolutions (the downsampling shortcuts) are matrix products on the strided
+#   input: -2% at width 16, neutral at 64.
+#
+# Values are those of ``jax.lax.conv_general_dilated`` and its autodiff up to float32
+# summation order (checked in benchmarks/explore_parity.py).
+
+
+def _conv2d(x, kernel, stride: int, pad: int):
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _conv1x1(x, kernel, stride: int):
+  return jnp.einsum("nhwc,cd->nhwd", x[:, ::stride, ::stride, :], kernel[0, 0])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x, kernel, stride: int, pad: int):
+  """NHWC x HWIO convolution, strides ``(stride, stride)``, symmetric padding ``pad``."""
+  if kernel.shape[:2] == (1, 1) and pad == 0:
+    return _conv1x1(x, kernel, stride)
+  return _conv2d(x, kernel, stride, pad)
+
+
+def _conv2d_fwd(x, kernel, stride, pad):
+  return conv2d(x, kernel, stride, pad), (x, kernel)
+
+
+def _conv2d_bwd(stride, pad, res, g):
+  x, kernel = res
+  x, g = _materialize((x, g), g[(0,) * g.ndim])
+  n, h, w, _ = x.shape
+  if kernel.shape[:2] == (1, 1) and pad == 0:
+    xs = x[:, ::stride, ::stride, :]
+    d_kernel = jnp.einsum("nhwc,nhwd->cd", xs, g)[None, None]
+    dxs = jnp.einsum("nhwd,cd->nhwc", g, kernel[0, 0])
+    if stride == 1:
+      return dxs, d_kernel
+    # Scatter back to the strided positions: interior padding of the small map.
+    hs, ws = dxs.shape[1:3]
+    cfg = [(0, 0, 0), (0, h - (hs - 1) * stride - 1, stride - 1),
+           (0, w - (ws - 1) * stride - 1, stride - 1), (0, 0, 0)]
+    return jax.lax.pad(dxs, jnp.zeros((), dxs.dtype), cfg), d_kernel
+  _, vjp_kernel = jax.vjp(lambda k: _conv2d(x, k, stride, pad), kernel)
+  (d_kernel,) = vjp_kernel(g)
+  if stride == 2 and pad == 1 and kernel.shape[:2] == (3, 3) and h % 2 == 0 and w % 2 == 0:
+    dx = _dx_stride2(g, kernel)
+  else:
+    _, vjp_x = jax.vjp(lambda x: _conv2d(x, kernel, stride, pad), x)
+    (dx,) = vjp_x(g)
+  return dx, d_kernel
+
+
+conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+
+
+# Input row 2i + a of a stride-2, pad-1, 3x3 convolution is read by output rows i + d through
+# kernel row ``_TAP[a][d]`` (None: not read): row 2i by row i (tap 1), row 2i + 1 by rows i
+# (tap 2) and i + 1 (tap 0). The same holds for columns.
+_TAP = ((1, None), (2, 0))
+
+
+def _dx_stride2(g, kernel):
+  """Input gradient of a 3x3, stride-2, pad-1 convolution (even input size) from its output
+  gradient ``g`` (N, Ho, Wo, Cout): a stride-1 2x2 convolution with 4 Cin outputs, one per
+  (row, column) phase of the input, then depth-to-space."""
+  n, ho, wo, _ = g.shape
+  cin = kernel.shape[2]
+  wt = jnp.swapaxes(kernel, 2, 3)                       # (3, 3, Cout, Cin)
+  zero = jnp.zeros_like(wt[0, 0])
+  taps = [[jnp.stack([wt[_TAP[a][di], _TAP[b][dj]]
+                      if _TAP[a][di] is not None and _TAP[b][dj] is not None else zero
+                      for a in range(2) for b in range(2)], axis=-2)   # (Cout, 4, Cin)
+           for dj in range(2)] for di in range(2)]
+  k = jnp.stack([jnp.stack(row) for row in taps])      # (2, 2, Cout, 4, Cin)
+  k = k.reshape(2, 2, k.shape[2], 4 * cin)
+  y = jax.lax.conv_general_dilated(g, k, (1, 1), ((0, 1), (0, 1)),
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  y = y.reshape(n, ho, wo, 2, 2, cin).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(n, 2 * ho, 2 * wo, cin)
+
+
+def _materialize(tree, token):
+  """``tree`` unchanged, but as the result of a while loop (that runs no iteration unless
+  ``token`` is NaN, and then one that changes nothing), which XLA cannot fuse through: its
+  consumers read the buffers instead of recomputing the producers' fused chains."""
+  n = (token != token).astype(jnp.int32)
+
+  def body(carry):
+    i, t = carry
+    return i + 1, jax.tree.map(lambda a: jnp.where(i < 0, a + a, a), t)
+
+  return jax.lax.while_loop(lambda carry: carry[0] < n, body, (jnp.int32(0), tree))[1]
 
 
 class BasicBlock(nn.Module):

@@ -30,19 +30,14 @@ import numpy as np  # noqa: E402
 from ml_collections import config_flags  # noqa: E402,F401
 
 from mecjax import data as data_lib  # noqa: E402
-from mecjax import evaluators, methods, parallel, train  # noqa: E402
+from mecjax import configlib, evaluators, methods, parallel, train  # noqa: E402
 from mecjax.data import sources  # noqa: E402
 from mecjax.metric_writers import read_metrics  # noqa: E402
 import timing  # noqa: E402
 
 
 def load_config(spec: str):
-  import importlib.util
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("cfg", os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return configlib.load(os.path.join(REPO, spec))
 
 
 def train_run(args) -> tuple[float, float]:

@@ -7,7 +7,6 @@ probe) at series order 4 against the same step at order 1.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 
@@ -21,15 +20,12 @@ if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", "")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from mecjax import evaluators, methods, train  # noqa: E402
+from mecjax import configlib, evaluators, methods, train  # noqa: E402
 import timing  # noqa: E402
 
 
 def load_config(path, arg=None):
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configlib.load(path, arg)
 
 
 def build(config, batch, size=32):

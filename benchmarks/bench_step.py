@@ -81,10 +81,8 @@ def cpu_model() -> str:
 
 
 def load_config(path):
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from mecjax import configlib
+  return configlib.load(path)
 
 
 # ----------------------------------------------------------------------------- JAX side

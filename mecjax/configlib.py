@@ -13,6 +13,7 @@ Durations are given in steps or in epochs (``total_steps`` / ``total_epochs``,
 from __future__ import annotations
 
 import difflib
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -44,7 +45,9 @@ def base() -> ml_collections.ConfigDict:
       data_dir=placeholder(str),      # tfds data_dir
       train_split="train",
       eval_split="test",              # kNN queries and probe accuracy
-      image_size=32,                  # for host-side decode/resize of the eval split
+      image_size=32,                  # side of the views and eval images the network sees
+      stored_size=placeholder(int),   # in-memory data: side images are kept at (crops are
+                                      # taken from it); default image_size
       max_train_examples=placeholder(int),  # deterministic class-balanced subset
       max_eval_examples=placeholder(int),
       in_memory=placeholder(bool),    # decode the whole split once; default: image_size <= 64
@@ -103,6 +106,23 @@ def apply_variants(config: ml_collections.ConfigDict, arg: str | None,
       raise ConfigError(f"unknown config variant {name!r}: expected one of {sorted(variants)}")
     variants[name](config)
   return config
+
+
+def load(spec: str, variant: str | None = None) -> ml_collections.ConfigDict:
+  """``get_config(variant)`` of a config file, as ``--config=spec`` loads it.
+
+  ``spec`` is ``PATH`` or ``PATH:VARIANT`` (the form of the command line); ``variant``, when
+  given, is used instead of the one in ``spec``.
+  """
+  import importlib.util
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location(
+      "mecjax_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant if variant is not None else (arg or None))
 
 
 def duration(cfg, name: str, steps_per_epoch: float, default: int | None = None) -> int | None:

@@ -83,10 +83,13 @@ def run(config, workdir: str) -> dict:
   dcfg = config.data
   size = dcfg.image_size
   in_memory = dcfg.in_memory if dcfg.in_memory is not None else size <= 64
+  # Small data sets may be kept at a larger side than the network sees (a CPU run at 16x16
+  # still crops from the 32x32 originals); the device resizes eval images to image_size.
+  stored = (dcfg.stored_size or size) if in_memory else size
   recipe = data_lib.get_recipe(config.aug, size, config.seed)
   t0 = time.time()
   train_src = data_lib.load_split(dcfg, dcfg.train_split, dcfg.max_train_examples, in_memory,
-                                  size)
+                                  stored)
   num_classes = len(train_src.classes)
   log.info("train split %r: %d images, %d classes (%.1fs)%s", dcfg.train_split,
            len(train_src), num_classes, time.time() - t0,
@@ -104,7 +107,7 @@ def run(config, workdir: str) -> dict:
   probe_on = config.probe.enabled and labelled
   if knn_on or probe_on:
     query_src = data_lib.load_split(dcfg, dcfg.eval_split, dcfg.max_eval_examples,
-                                    in_memory, size)
+                                    in_memory, stored)
     bank_src = sources.subset(train_src, config.knn.max_train_examples)
   every = lambda cfg, name, default: configlib.duration(cfg, name, steps_per_epoch, default)
   log_every = config.log_every_steps

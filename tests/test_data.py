@@ -170,6 +170,23 @@ def test_views_depend_on_seed_step_and_index_only():
   assert len(full) == 2 and full[0].shape == (6, 16, 16, 3)
 
 
+def test_images_stored_larger_than_the_network_input():
+  # data.stored_size: crops come from the 32x32 originals, eval images are resized on device.
+  images = jnp.asarray(np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), np.uint8))
+  r = recipe(jitter_prob=0.0, grayscale_prob=0.0, solarize_prob=(0.0, 0.0))
+  views = r.views(images, jnp.arange(4), 0, jax.random.key(0))
+  assert [v.shape for v in views] == [(4, 16, 16, 3)] * 2
+  ev = np.asarray(r.eval_view(images))
+  # A 2x antialiased linear downscale (as PIL's bilinear reduce): a tent of half-width 2 input
+  # pixels, weights (1, 3, 3, 1) / 8 around each output pixel, renormalised at the edges.
+  w = np.maximum(0, 1 - np.abs(np.arange(32)[None, :] + 0.5 - (2 * np.arange(16)[:, None] + 1))
+                 / 2)
+  w /= w.sum(1, keepdims=True)
+  small = np.einsum("ih,jw,nhwc->nijc", w, w, np.asarray(images, np.float64) / 255)
+  want = (small - np.asarray(r.cfg.mean)) / np.asarray(r.cfg.std)
+  np.testing.assert_allclose(ev, want, rtol=1e-4, atol=1e-4)
+
+
 def test_crop_boxes_follow_torchvision_bounds():
   keys = jax.random.split(jax.random.key(0), 2000)
   top, left, h, w = jax.vmap(lambda k: augment.crop_box(k, 32, 32, (0.2, 1.0)))(keys)

@@ -260,7 +260,11 @@ class Recipe:
     return out
 
   def eval_view(self, images: jax.Array) -> jax.Array:
-    return normalize(images.astype(jnp.float32) / 255.0, self.cfg.mean, self.cfg.std)
+    x = images.astype(jnp.float32) / 255.0
+    if x.shape[1:3] != (self.size, self.size):   # kept larger in memory (data.stored_size)
+      x = jax.image.resize(x, (x.shape[0], self.size, self.size, x.shape[3]), "linear",
+                           antialias=True)
+    return normalize(x, self.cfg.mean, self.cfg.std)
 
 
 class DeviceCropRecipe(Recipe):

@@ -36,13 +36,23 @@ def checkpoints(workdir):
 LOOSER = {"effective_rank": 1e-3}
 
 
-def assert_same_metrics(a, b, rtol=1e-4, acc_atol=0.0):
+# Another device count sums in another order: float32 differences of ~1e-6 in the first
+# steps, which the following SGD steps amplify (measured on the synthetic archive: 1e-7 at
+# step 4, 3e-4 at step 5, 9e-4 at step 10 for the loss, grad_norm up to 4e-3). The first
+# steps are held to ``rtol``, the rest to ``late_rtol`` (a per-device BN or loss would be off
+# by percents from step 2 on).
+EXACT_STEPS = 4
+
+
+def assert_same_metrics(a, b, rtol=1e-4, acc_atol=0.0, late_rtol=None):
   rows_a, rows_b = read_metrics(a), read_metrics(b)
   assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
   for ra, rb in zip(rows_a, rows_b):
     for k in TRAIN_KEYS:
       if k in ra:
         tol = max(rtol, LOOSER.get(k, 0.0)) if rtol > 1e-6 else rtol
+        if late_rtol and ra["step"] > EXACT_STEPS:
+          tol = max(tol, late_rtol * (10 if k == "grad_norm" else 1))
         np.testing.assert_allclose(rb[k], ra[k], rtol=tol, atol=1e-6, err_msg=f"{k}@{ra['step']}")
   for k in ("knn_top1", "probe_top1"):
     np.testing.assert_allclose(rows_b[-1][k], rows_a[-1][k], atol=acc_atol, err_msg=k)
@@ -85,7 +95,7 @@ def test_eight_devices_match_one(smoke_run, tmp_path, cifar_path, compile_cache)
   workdir = tmp_path / "eight"
   ok(run_main(CIFAR_SMOKE, workdir, f"--config.data.path={cifar_path}", devices=8,
               cache=compile_cache))
-  assert_same_metrics(smoke_run[0], workdir)
+  assert_same_metrics(smoke_run[0], workdir, late_rtol=2e-3)
 
 
 def test_kill_9_then_rerun_resumes_and_ends_like_an_uninterrupted_run(
@@ -117,7 +127,7 @@ def test_two_processes_match_one_process(smoke_run, tmp_path, cifar_path, compil
                         text=True, timeout=900)
   ok(proc)
   assert "2 process(es), 2 device(s)" in proc.stdout
-  assert_same_metrics(smoke_run[0], workdir, acc_atol=1 / 128)
+  assert_same_metrics(smoke_run[0], workdir, acc_atol=1 / 128, late_rtol=2e-3)
   assert checkpoints(workdir) == [5, 10, 12]
 
 

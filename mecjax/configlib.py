@@ -36,8 +36,8 @@ def base() -> ml_collections.ConfigDict:
 
   c.model = dict(name="resnet18_cifar", width=1.0, zero_init_residual=True,
                  dtype="float32")     # computation dtype; parameters stay float32
-  c.projector = dict(hidden=(2048,), out_dim=2048, out_bn="no_affine")
-  c.predictor = dict(hidden=(512,), out_dim=2048, out_bn=placeholder(str))
+  c.projector = dict(hidden=(2048,), out_dim=2048, out_bn="no_affine", out_bias=True)
+  c.predictor = dict(hidden=(512,), out_dim=2048, out_bn=placeholder(str), out_bias=True)
 
   c.data = dict(
       name="cifar10",                 # tfds name, used when data.path is unset
@@ -88,6 +88,20 @@ def base() -> ml_collections.ConfigDict:
       lamda_warmup_steps=placeholder(int),
       lamda_warmup_epochs=placeholder(float),
   )
+
+  # Each method's own constants (METHODS.md; mecjax/methods/<family>.py says what they mean).
+  c.music = dict(segment_size=32, temperature=1.0, invariance_weight=1.0)
+  c.barlow_twins = dict(lambd=0.0051, scale=1.0)
+  c.vicreg = dict(sim_weight=25.0, var_weight=25.0, cov_weight=1.0)
+  c.simclr = dict(temperature=0.2)
+  c.swav = dict(num_prototypes=3000, temperature=0.1, epsilon=0.05, iterations=3,
+                queue_size=3840,      # rounded down to a multiple of the global batch; 0: none
+                queue_start_steps=placeholder(int), queue_start_epochs=placeholder(float),
+                freeze_prototypes_steps=placeholder(int),
+                freeze_prototypes_epochs=placeholder(float))
+  # An additive regulariser on the method's embedding pairs: name None or "mec" (which reads
+  # config.mec); loss = objective + weight x regulariser.
+  c.regularizer = dict(name=placeholder(str), weight=1.0)
 
   c.checkpoint = dict(every_steps=placeholder(int), every_epochs=placeholder(float), keep=3)
   c.knn = dict(enabled=True, every_steps=placeholder(int), every_epochs=placeholder(float),
@@ -171,3 +185,65 @@ def _flatten(cfg, prefix=""):
       yield from _flatten(value, path + ".")
     else:
       yield path
+
+
+# ------------------------------------------------------- shared CIFAR-10 recipe parts
+# The CIFAR-10 configs share their data, the size of their smoke and cpu variants, and (the
+# baselines) solo-learn's CIFAR recipe; each config file states only what is its own.
+
+
+def solo_learn_cifar(c) -> None:
+  """solo-learn's CIFAR-10 pre-training setup (``scripts/pretrain/cifar/*.yaml``): CIFAR
+  ResNet-18, batch 256, 1000 epochs, 10-epoch warm-up then cosine, LARS (eta 0.02, biases
+  and norm parameters excluded) unless the method's file says otherwise, SyncBN, crops of
+  scale 0.08-1. Learning rate, weight decay, heads and colour strength are per method."""
+  c.model.name = "resnet18_cifar"
+  c.model.width = 1.0
+  c.data.name = "cifar10"
+  c.data.image_size = 32
+  c.aug.name = "cifar"
+  c.aug.crop_scale = (0.08, 1.0)
+  c.aug.blur_prob = (0.0, 0.0)
+  c.aug.solarize_prob = (0.0, 0.2)
+  c.batch_size = 256
+  c.total_epochs = 1000
+  c.optim.name = "lars"
+  c.optim.trust_coefficient = 0.02
+  c.optim.exclude_1d = True
+  c.optim.warmup_epochs = 10
+  c.log_every_steps = 50
+  c.checkpoint.every_epochs = 10
+  c.knn.every_epochs = 10
+
+
+def cifar_smoke(c) -> None:
+  """A tiny network on 256 images for 12 steps: under a minute on a 2-core CPU (CI)."""
+  c.model.width = 0.125
+  c.data.max_train_examples = 256
+  c.data.max_eval_examples = 128
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.total_epochs = None
+  c.total_steps = 12
+  c.optim.warmup_epochs = None
+  c.optim.warmup_steps = 2
+  c.mec.lamda_warmup_epochs = None
+  c.mec.lamda_warmup_steps = 4
+  c.log_every_steps = 2
+  c.checkpoint.every_epochs = None
+  c.checkpoint.every_steps = 5
+  c.knn.every_epochs = None
+  c.knn.k = 20
+
+
+def cifar_cpu(c, epochs: float) -> None:
+  """Width-0.25 CIFAR ResNet-18 at 32x32, batch 256, half-epoch warm-up, kNN at the end:
+  sized for the shared CIFAR-10 on a 2-core CPU (``epochs`` from each method's speed)."""
+  c.model.width = 0.25
+  c.batch_size = 256
+  c.total_epochs = epochs
+  c.optim.warmup_epochs = 0.5
+  c.mec.lamda_warmup_epochs = 1
+  c.log_every_steps = 20
+  c.checkpoint.every_epochs = 1
+  c.knn.every_epochs = None

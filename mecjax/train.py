@@ -330,6 +330,7 @@ def make_init(method, tx, probe_net, probe_tx, view_shape):
     key = jax.random.key(seed)
     k_model, k_probe = jax.random.split(key)
     params, model_state = method.init(k_model, view_shape)
+    params = method.project_params(params)
     feat = jax.eval_shape(method.encode, params, model_state, jnp.zeros(view_shape))
     probe_params = probe_net.init(k_probe, jnp.zeros(feat.shape, jnp.float32))["params"]
     return TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state=model_state,
@@ -352,7 +353,7 @@ def make_update(method, tx, lr, ema_momentum, probe_net, probe_tx, probe_on: boo
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    params = method.project_params(optax.apply_updates(state.params, updates))
 
     metrics = {"loss": loss, "lr": lr(step), "grad_norm": optax.global_norm(grads),
                **aux.metrics, **monitors.collapse_metrics(aux.embedding)}

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mecjax import models
+from mecjax.configlib import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +57,7 @@ def mlp_head(cfg, dtype) -> models.MLPHead | None:
   if not cfg.out_dim:
     return None
   return models.MLPHead(hidden=tuple(cfg.hidden), out_dim=cfg.out_dim, out_bn=cfg.out_bn,
-                        dtype=dtype)
+                        out_bias=cfg.get("out_bias", True), dtype=dtype)
 
 
 def apply(net: nn.Module, params, batch_stats, x, *, train: bool, method=None):
@@ -88,15 +89,30 @@ jax.tree_util.register_dataclass(LossOutput, data_fields=["metrics", "state", "f
 
 
 class Method:
-  """Base of the methods. Subclasses set ``uses_target`` and implement ``loss``."""
+  """Base of the methods. Subclasses set ``uses_target`` and implement ``objective``.
+
+  ``loss`` is what the loop differentiates: the method's ``objective`` plus, when
+  ``config.regularizer.name`` is set, that regulariser on the pairs the objective names
+  (MEC on SimCLR's projections, on SimSiam's (prediction, stop-gradient projection), ...).
+  """
 
   name = "base"
   uses_target = False   # keep an EMA target (teacher) in the optimiser state
   schedule_metrics: tuple[str, ...] = ()   # metrics that are schedules: logged as last value
+  accepts_regularizer = True
 
   def __init__(self, config, run: RunInfo):
     self.config, self.run = config, run
     self.net = self.build_network()
+    self.regularizer = None
+    reg = config.regularizer
+    if reg.name:
+      if not self.accepts_regularizer:
+        raise ConfigError(f"config.regularizer.name={reg.name!r}: method {self.name!r} takes "
+                          "no regulariser (it is already its objective)")
+      self.regularizer = get_regularizer(reg, config, run)
+      self.schedule_metrics = tuple(self.schedule_metrics) + tuple(
+          f"reg_{k}" for k in self.regularizer.schedule_metrics)
 
   def build_network(self) -> nn.Module:
     cfg = self.config
@@ -123,10 +139,41 @@ class Method:
       return out
     return self.net.apply(variables, images, train=False, method=SSLNet.features)
 
-  def loss(self, params, state, target, views, step) -> tuple[jax.Array, LossOutput]:
+  def objective(self, params, state, target, views, step
+                ) -> tuple[jax.Array, LossOutput, list[tuple[jax.Array, jax.Array]]]:
+    """(loss, LossOutput, pairs): ``pairs`` are the (a, b) embedding pairs a regulariser
+    acts on, with the method's own stop-gradients already applied."""
     raise NotImplementedError
 
+  def loss(self, params, state, target, views, step) -> tuple[jax.Array, LossOutput]:
+    loss, out, pairs = self.objective(params, state, target, views, step)
+    if self.regularizer is None:
+      return loss, out
+    reg_loss, reg_metrics = self.regularizer(pairs, step)
+    metrics = dict(out.metrics, objective=jax.lax.stop_gradient(loss),
+                   **{f"reg_{k}": v for k, v in reg_metrics.items()})
+    return loss + self.config.regularizer.weight * reg_loss, dataclasses.replace(
+        out, metrics=metrics)
+
+  def project_params(self, params):
+    """Applied to the parameters after init and after every update (a constraint, such as
+    SwAV's unit-norm prototypes). Default: none."""
+    return params
+
   # Helpers for subclasses -------------------------------------------------------
+
+  def check_views(self, views, expected: int = 2) -> None:
+    if len(views) != expected:
+      raise ValueError(f"{self.name} pairs {expected} views, got {len(views)} "
+                       "(config.aug.blur_prob / solarize_prob set the number of views)")
+
+  @staticmethod
+  def output(metrics: dict, state, online: list) -> LossOutput:
+    """LossOutput with the online outputs' stop-gradient features (probe) and the first
+    view's embedding (collapse monitors)."""
+    return LossOutput(metrics=metrics, state=state,
+                      features=[jax.lax.stop_gradient(o["features"]) for o in online],
+                      embedding=online[0]["embedding"])
 
   def forward_views(self, params, batch_stats, views, method=None):
     """Forward each view separately (per-view BN statistics over the global batch), in
@@ -136,3 +183,12 @@ class Method:
       out, batch_stats = apply(self.net, params, batch_stats, v, train=True, method=method)
       outs.append(out)
     return outs, batch_stats
+
+
+def get_regularizer(reg_cfg, config, run: RunInfo):
+  """The additive regulariser named by ``config.regularizer.name``."""
+  from mecjax.methods import regularizers   # imports this module
+  if reg_cfg.name not in regularizers.REGULARIZERS:
+    raise ConfigError(f"config.regularizer.name={reg_cfg.name!r}: expected one of "
+                      f"{sorted(regularizers.REGULARIZERS)}")
+  return regularizers.REGULARIZERS[reg_cfg.name](config, run)

@@ -21,33 +21,26 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from mecjax import configlib
 from mecjax import losses
 from mecjax.losses.mec import l2_normalize
 from mecjax.methods.base import LossOutput, Method
+from mecjax.methods.regularizers import lamda_inv_schedule
 
 
 class MEC(Method):
   name = "mec"
   uses_target = True
   schedule_metrics = ("lamda_inv",)
+  accepts_regularizer = False
 
   def __init__(self, config, run):
     super().__init__(config, run)
-    cfg = config.mec
     self.out_dim = config.predictor.out_dim or config.projector.out_dim
-    m = run.global_batch
-    self.base_lamda_inv = m * cfg.eps_sq / self.out_dim
-    self.mu = (m + self.out_dim) / 2
-    warmup = configlib.duration(cfg, "lamda_warmup", run.steps_per_epoch, default=0)
-    warmup = min(warmup, run.total_steps)
-    start = cfg.lamda_warmup_factor * self.base_lamda_inv
-    self.lamda_inv = (optax.linear_schedule(start, self.base_lamda_inv, warmup) if warmup
-                      else optax.constant_schedule(self.base_lamda_inv))
+    self.mu = (run.global_batch + self.out_dim) / 2
+    self.lamda_inv = lamda_inv_schedule(config.mec, run, self.out_dim)
 
-  def loss(self, params, state, target, views, step):
+  def objective(self, params, state, target, views, step):
     if len(views) != 2:
       raise ValueError(f"MEC pairs two global views, got {len(views)}")
     online, batch_stats = self.forward_views(params, state["batch_stats"], views)
@@ -75,4 +68,4 @@ class MEC(Method):
         metrics=metrics,
         state={"batch_stats": batch_stats, "target_batch_stats": target_stats},
         features=[jax.lax.stop_gradient(out["features"]) for out in online],
-        embedding=online[0]["embedding"])
+        embedding=online[0]["embedding"]), []

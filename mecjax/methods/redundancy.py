@@ -1,0 +1,41 @@
+"""Barlow Twins and VICReg: symmetric twin networks whose losses act on the statistics of the
+global batch of projector ("expander") outputs; no predictor, no EMA, no stop-gradient.
+
+Barlow Twins: ``scale * barlow_twins_loss(z1, z2, lambd)`` (official scale 1; solo-learn's
+CIFAR recipe scales by 0.1). VICReg: ``vicreg_terms`` with its weights; the three unweighted
+terms are logged as ``vicreg_invariance``, ``vicreg_variance``, ``vicreg_covariance``.
+"""
+
+from __future__ import annotations
+
+from mecjax import losses
+from mecjax.methods.base import Method
+
+
+class BarlowTwins(Method):
+  name = "barlow_twins"
+
+  def objective(self, params, state, target, views, step):
+    self.check_views(views)
+    cfg = self.config.barlow_twins
+    online, batch_stats = self.forward_views(params, state["batch_stats"], views)
+    z1, z2 = (o["embedding"] for o in online)
+    raw = losses.barlow_twins_loss(z1, z2, lambd=cfg.lambd)
+    metrics = {"barlow_twins_unscaled": raw}
+    return cfg.scale * raw, self.output(metrics, {"batch_stats": batch_stats}, online), \
+        [(z1, z2)]
+
+
+class VICReg(Method):
+  name = "vicreg"
+
+  def objective(self, params, state, target, views, step):
+    self.check_views(views)
+    cfg = self.config.vicreg
+    online, batch_stats = self.forward_views(params, state["batch_stats"], views)
+    z1, z2 = (o["embedding"] for o in online)
+    terms = losses.vicreg_terms(z1, z2, sim_weight=cfg.sim_weight, var_weight=cfg.var_weight,
+                                cov_weight=cfg.cov_weight)
+    metrics = {f"vicreg_{k}": terms[k] for k in ("invariance", "variance", "covariance")}
+    return terms["loss"], self.output(metrics, {"batch_stats": batch_stats}, online), \
+        [(z1, z2)]

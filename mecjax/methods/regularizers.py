@@ -1,0 +1,54 @@
+"""Additive regularisers on another method's embedding pairs (``config.regularizer``).
+
+``mec``: the MEC loss of the official code on each pair the method names, averaged over the
+pairs, with ``config.mec`` (eps_sq, order, lamda_inv warm-up) as for MEC itself. The MEC paper
+adds it to SimCLR (on the two projections) and SimSiam (on prediction vs stop-gradient
+projection, the pairs of SimSiam's own loss); the pair's width ``d`` sets
+``lamda_inv = m eps_sq / d``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from mecjax import configlib
+from mecjax import losses
+
+
+def lamda_inv_schedule(mec_cfg, run, out_dim: int):
+  """``lamda_inv = m eps_sq / d``, warmed up linearly from ``factor x`` over the warm-up."""
+  base = run.global_batch * mec_cfg.eps_sq / out_dim
+  warmup = configlib.duration(mec_cfg, "lamda_warmup", run.steps_per_epoch, default=0)
+  warmup = min(warmup, run.total_steps)
+  if not warmup:
+    return optax.constant_schedule(base)
+  return optax.linear_schedule(mec_cfg.lamda_warmup_factor * base, base, warmup)
+
+
+class MecRegularizer:
+  """``mean over pairs of mec_loss(a, b)`` and its logged figures."""
+  schedule_metrics = ("lamda_inv",)
+
+  def __init__(self, config, run):
+    self.cfg, self.run = config.mec, run
+    self._schedules = {}
+
+  def schedule(self, out_dim: int):
+    if out_dim not in self._schedules:
+      self._schedules[out_dim] = lamda_inv_schedule(self.cfg, self.run, out_dim)
+    return self._schedules[out_dim]
+
+  def __call__(self, pairs, step):
+    if not pairs:
+      raise ValueError("the MEC regulariser needs at least one embedding pair")
+    lamda_inv = self.schedule(pairs[0][0].shape[-1])(step)
+    total = sum(losses.mec_loss(a, b, lamda_inv=lamda_inv, order=self.cfg.order)
+                for a, b in pairs) / len(pairs)
+    a, b = pairs[0]
+    return total, {"loss": jax.lax.stop_gradient(total), "lamda_inv": jnp.asarray(lamda_inv),
+                   "c_norm": losses.mec_spectral_norm(a, b, lamda_inv=lamda_inv)}
+
+
+REGULARIZERS = {"mec": MecRegularizer}

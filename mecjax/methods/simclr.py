@@ -1,0 +1,40 @@
+"""SimCLR: a symmetric twin network with NT-Xent over the global batch (``losses.infonce_loss``:
+2N - 2 negatives per anchor, the mean over the 2N anchors, as solo-learn computes it; the
+TensorFlow original reports twice this).
+
+Logged: ``pos_cosine`` (mean cosine of the positive pairs) and ``contrastive_acc``, the share of
+anchors whose positive is their most similar other row (the official ``contrast_acc``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mecjax import losses
+from mecjax.losses.mec import l2_normalize
+from mecjax.losses.siamese import cosine
+from mecjax.methods.base import Method
+
+
+def contrastive_accuracy(z1, z2):
+  """Share of the 2N anchors whose positive is the nearest (cosine) of the other 2N - 1."""
+  z = l2_normalize(jnp.concatenate([z1, z2]).astype(jnp.float32))
+  n = z1.shape[0]
+  sim = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, z @ z.T)
+  positive = jnp.concatenate([jnp.arange(n) + n, jnp.arange(n)])
+  return jnp.mean(jnp.argmax(sim, axis=-1) == positive)
+
+
+class SimCLR(Method):
+  name = "simclr"
+
+  def objective(self, params, state, target, views, step):
+    self.check_views(views)
+    online, batch_stats = self.forward_views(params, state["batch_stats"], views)
+    z1, z2 = (o["embedding"] for o in online)
+    loss = losses.infonce_loss(z1, z2, temperature=self.config.simclr.temperature)
+    sg = jax.lax.stop_gradient
+    metrics = {"pos_cosine": sg(jnp.mean(cosine(z1, z2))),
+               "contrastive_acc": sg(contrastive_accuracy(z1, z2))}
+    return loss, self.output(metrics, {"batch_stats": batch_stats}, online), [(z1, z2)]

@@ -40,7 +40,7 @@ def smoke(c):
 
 
 def cpu(c):
-  configlib.cifar_cpu(c, epochs=5)
+  configlib.cifar_cpu(c, epochs=3.65)
   c.projector.hidden = (1024, 1024)
   c.projector.out_dim = 1024
 

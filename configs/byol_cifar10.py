@@ -44,7 +44,7 @@ def smoke(c):
 
 
 def cpu(c):
-  configlib.cifar_cpu(c, epochs=5)
+  configlib.cifar_cpu(c, epochs=3.05)
   c.projector.hidden = (1024,)
   c.predictor.hidden = (1024,)
 

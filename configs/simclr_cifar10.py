@@ -44,7 +44,7 @@ def smoke(c):
 
 
 def cpu(c):
-  configlib.cifar_cpu(c, epochs=5)
+  configlib.cifar_cpu(c, epochs=3.65)
   c.projector.hidden = (1024,)
 
 

@@ -58,7 +58,7 @@ def smoke(c):
 
 
 def cpu(c):
-  configlib.cifar_cpu(c, epochs=5)
+  configlib.cifar_cpu(c, epochs=3.25)
   c.projector.hidden = (1024,)
   c.swav.queue_start_epochs = 1
   c.swav.freeze_prototypes_epochs = 0.5

@@ -43,7 +43,7 @@ def smoke(c):
 
 
 def cpu(c):
-  configlib.cifar_cpu(c, epochs=5)
+  configlib.cifar_cpu(c, epochs=3.6)
   c.projector.hidden = (1024, 1024)
   c.projector.out_dim = 1024
 

@@ -53,27 +53,12 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  c.model.width = 0.125
+  configlib.cifar_smoke(c)
   c.projector.hidden = (64,)
   c.projector.out_dim = 64
   c.predictor.hidden = (32,)
   c.predictor.out_dim = 64
   c.mec.eps_sq = 0.12 * 64
-  c.data.max_train_examples = 256
-  c.data.max_eval_examples = 128
-  c.batch_size = 32
-  c.eval_batch_size = 64
-  c.total_epochs = None
-  c.total_steps = 12
-  c.optim.warmup_epochs = None
-  c.optim.warmup_steps = 2
-  c.mec.lamda_warmup_epochs = None
-  c.mec.lamda_warmup_steps = 4
-  c.log_every_steps = 2
-  c.checkpoint.every_epochs = None
-  c.checkpoint.every_steps = 5
-  c.knn.every_epochs = None
-  c.knn.k = 20
 
 
 def cpu(c):
@@ -85,21 +70,14 @@ def cpu(c):
   # -> 6 in 2 epochs, the loss below -1); 0.5 (lamda_inv 128) keeps ||C||_2 under 1. EMA
   # 0.99 (0.996 did the same), batch 256 (128 no better), 32x32 input (16x16 crops from the
   # 32x32 images ran only 1.6x faster and learned no faster per minute).
-  c.model.width = 0.25
+  configlib.cifar_cpu(c, epochs=5)
   c.projector.hidden = (1024,)
   c.projector.out_dim = 1024
   c.predictor.hidden = (256,)
   c.predictor.out_dim = 1024
   c.mec.eps_sq = 0.5 * 1024
-  c.batch_size = 256
-  c.total_epochs = 5
   c.optim.base_lr = 0.5
-  c.optim.warmup_epochs = 0.5
-  c.mec.lamda_warmup_epochs = 1
   c.ema.momentum = 0.99
-  c.log_every_steps = 20
-  c.checkpoint.every_epochs = 1
-  c.knn.every_epochs = 5
 
 
 VARIANTS = {"smoke": smoke, "cpu": cpu}

@@ -35,17 +35,8 @@ def get_config(arg: str | None = None):
   c.mec.lamda_warmup_factor = 8.0
   c.mec.lamda_warmup_epochs = 10
 
-  c.data.name = "imagenet2012"
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.image_size = 224
-  c.data.host_threads = 32
-  c.aug.name = "mocov3"
+  configlib.imagenet_data(c)
   c.aug.crop_scale = (0.2, 1.0)
-  c.aug.blur_prob = (1.0, 0.1)
-  c.aug.solarize_prob = (0.0, 0.2)
-  c.aug.mean = (0.485, 0.456, 0.406)
-  c.aug.std = (0.229, 0.224, 0.225)
 
   c.batch_size = 1024
   c.total_epochs = 100
@@ -59,37 +50,15 @@ def get_config(arg: str | None = None):
   c.log_every_steps = 100
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = 10
-  c.knn.max_train_examples = 100_000
-  c.eval_batch_size = 1024
   return configlib.apply_variants(c, arg, VARIANTS)
 
 
 def smoke(c):
-  c.model.width = 0.125
+  configlib.imagenet_smoke(c)
   c.projector.hidden = (64, 64)
   c.projector.out_dim = 64
   c.predictor.hidden = (32,)
   c.predictor.out_dim = 64
-  c.data.image_size = 64
-  c.data.in_memory = False
-  c.data.eval_split = "test"
-  c.data.host_threads = 4
-  c.data.max_train_examples = 256
-  c.data.max_eval_examples = 128
-  c.batch_size = 32
-  c.eval_batch_size = 64
-  c.total_epochs = None
-  c.total_steps = 10
-  c.optim.warmup_epochs = None
-  c.optim.warmup_steps = 2
-  c.mec.lamda_warmup_epochs = None
-  c.mec.lamda_warmup_steps = 4
-  c.log_every_steps = 2
-  c.checkpoint.every_epochs = None
-  c.checkpoint.every_steps = 5
-  c.knn.every_epochs = None
-  c.knn.k = 20
-  c.knn.max_train_examples = None
 
 
 VARIANTS = {"smoke": smoke}

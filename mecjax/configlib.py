@@ -247,3 +247,32 @@ def cifar_cpu(c, epochs: float) -> None:
   c.log_every_steps = 20
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = None
+
+
+def imagenet_data(c) -> None:
+  """ImageNet at 224 (tfds ``imagenet2012`` or ``data.path``): host-side crops (MoCo v3 /
+  VICReg / BYOL recipe), ImageNet mean and std; kNN on a 100k-image bank."""
+  c.data.name = "imagenet2012"
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.image_size = 224
+  c.data.host_threads = 32
+  c.aug.name = "mocov3"
+  c.aug.blur_prob = (1.0, 0.1)
+  c.aug.solarize_prob = (0.0, 0.2)
+  c.aug.mean = (0.485, 0.456, 0.406)
+  c.aug.std = (0.229, 0.224, 0.225)
+  c.knn.max_train_examples = 100_000
+  c.eval_batch_size = 1024
+
+
+def imagenet_smoke(c) -> None:
+  """The ImageNet recipe's code path (host crops at 64 px from files) on 256 images of any
+  local folder with train/ and test/ splits, 10 steps (CI: the shared CIFAR-10)."""
+  cifar_smoke(c)
+  c.data.image_size = 64
+  c.data.in_memory = False
+  c.data.eval_split = "test"
+  c.data.host_threads = 4
+  c.total_steps = 10
+  c.knn.max_train_examples = None

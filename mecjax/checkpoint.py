@@ -16,6 +16,7 @@ import logging
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -90,3 +91,46 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _read_only_manager(run_dir: str) -> ocp.CheckpointManager:
+  from mecjax.configlib import ConfigError
+  directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+  if not os.path.isdir(directory):
+    raise ConfigError(f"{run_dir!r} holds no checkpoints/ directory: not a mecjax run "
+                      "directory, or its run has not saved a checkpoint yet")
+  absl_log = logging.getLogger("absl")   # orbax warns that read-only means read-only
+  level = absl_log.level
+  absl_log.setLevel(logging.ERROR)
+  try:
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        read_only=True))
+  finally:
+    absl_log.setLevel(level)
+  if manager.latest_step() is None:
+    raise ConfigError(f"{directory} holds no complete checkpoint")
+  return manager
+
+
+def read_meta(run_dir: str, step: int | None = None) -> dict:
+  """The ``meta`` record (method, model, heads) of a run's checkpoint."""
+  manager = _read_only_manager(run_dir)
+  step = manager.latest_step() if step is None else step
+  return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+
+def read_state(run_dir: str, step: int | None = None) -> dict:
+  """The train state of a run's checkpoint as host (numpy) trees, without knowing its
+  structure beforehand: ``{'params', 'model_state', 'opt_state', ..., 'meta', 'step',
+  'directory'}``. ``step`` None: the latest."""
+  from mecjax.configlib import ConfigError
+  manager = _read_only_manager(run_dir)
+  steps = manager.all_steps()
+  step = manager.latest_step() if step is None else step
+  if step not in steps:
+    raise ConfigError(f"{run_dir!r} has no checkpoint of step {step} (it has {sorted(steps)})")
+  out = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+  manager.close()
+  state = jax.tree.map(np.asarray, dict(out["state"]))
+  return {**state, "meta": out["meta"], "step": step, "directory": manager.directory}

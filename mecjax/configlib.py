@@ -99,9 +99,20 @@ def base() -> ml_collections.ConfigDict:
                 queue_start_steps=placeholder(int), queue_start_epochs=placeholder(float),
                 freeze_prototypes_steps=placeholder(int),
                 freeze_prototypes_epochs=placeholder(float))
-  # An additive regulariser on the method's embedding pairs: name None or "mec" (which reads
-  # config.mec); loss = objective + weight x regulariser.
+  # An additive regulariser: None, "mec" (on the method's embedding pairs; reads config.mec)
+  # or "e2mc" (on the online embeddings of the two global views; reads config.e2mc);
+  # loss = objective + weight x regulariser.
   c.regularizer = dict(name=placeholder(str), weight=1.0)
+  # E2MC: gamma (Cov1 + Cov2) - beta (H1 + H2) / 2 on the squashed embeddings (METHODS.md).
+  c.e2mc = dict(beta=1.0, gamma=1.0, transform="sigmoid", eps=1e-7)
+
+  # Start a new run from trained weights (continued pre-training, probes): a mecjax run
+  # directory (its latest checkpoint, or init.step) or a PyTorch checkpoint file in
+  # torchvision key layout (VICReg / SwAV / SimSiam releases). The encoder is always loaded;
+  # the heads too when init.heads and both sides have them with the same shapes. Ignored
+  # when the run's own workdir already holds a checkpoint (that is a resume).
+  c.init = dict(workdir=placeholder(str), step=placeholder(int), torch=placeholder(str),
+                heads=True)
 
   c.checkpoint = dict(every_steps=placeholder(int), every_epochs=placeholder(float), keep=3)
   c.knn = dict(enabled=True, every_steps=placeholder(int), every_epochs=placeholder(float),
@@ -137,6 +148,41 @@ def load(spec: str, variant: str | None = None) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(variant if variant is not None else (arg or None))
+
+
+CONFIG_FILE = "config.json"
+
+
+def save(config, workdir: str) -> None:
+  """Write ``config`` as JSON into ``workdir`` (read back by ``load_run``)."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  with open(path + ".tmp", "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(path + ".tmp", path)
+
+
+def load_run(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run directory was trained with: its ``config.json`` over ``base()`` (keys
+  added to the schema since keep their defaults); sequences come back as tuples."""
+  import json
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise ConfigError(f"{workdir!r} has no {CONFIG_FILE}: not a mecjax run directory (or one "
+                      "written before runs saved their config)")
+  with open(path) as f:
+    saved = json.load(f)
+  config = base()
+  config.unlock()
+
+  def merge(cfg, values, prefix):
+    for key, value in values.items():
+      if isinstance(value, dict) and key in cfg and isinstance(cfg[key],
+                                                               ml_collections.ConfigDict):
+        merge(cfg[key], value, f"{prefix}{key}.")
+      else:
+        cfg[key] = tuple(value) if isinstance(value, list) else value
+  merge(config, saved, "")
+  return config
 
 
 def duration(cfg, name: str, steps_per_epoch: float, default: int | None = None) -> int | None:
@@ -276,3 +322,73 @@ def imagenet_smoke(c) -> None:
   c.data.host_threads = 4
   c.total_steps = 10
   c.knn.max_train_examples = None
+
+
+def e2mc_continuation(c, *, beta: float, gamma: float, transform: str, epochs: float,
+                      lr_fraction: float = 0.01, batch_size: int = 512) -> None:
+  """E2MC continued pre-training on top of a base method's config ``c`` (METHODS.md): the
+  base loss plus E2MC, ``epochs`` more epochs at ``lr_fraction`` x the base learning rate,
+  kept constant (no warm-up, no decay: the official code fixes it), batch ``batch_size``,
+  everything else as the base method. ``continued()`` turns E2MC off for the ablation."""
+  c.regularizer.name = "e2mc"
+  c.regularizer.weight = 1.0
+  c.e2mc.beta = beta
+  c.e2mc.gamma = gamma
+  c.e2mc.transform = transform
+  c.optim.base_lr = c.optim.base_lr * lr_fraction
+  c.optim.warmup_steps = None
+  c.optim.warmup_epochs = None
+  c.optim.end_lr_factor = 1.0
+  c.batch_size = batch_size
+  c.total_steps = None
+  c.total_epochs = epochs
+  c.init.heads = True
+  # The official continuation restores the epoch counter; our step restarts at 0, so the
+  # schedules that count from the start are set as they stand late in the base run.
+  c.swav.freeze_prototypes_steps = None
+  c.swav.freeze_prototypes_epochs = None
+  c.swav.queue_start_steps = None
+  c.swav.queue_start_epochs = None
+  c.mec.lamda_warmup_steps = None
+  c.mec.lamda_warmup_epochs = None
+
+
+def continued(c) -> None:
+  """The "continued" ablation: the same run without the E2MC terms."""
+  c.regularizer.name = None
+
+
+def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
+               transform: str) -> ml_collections.ConfigDict:
+  """E2MC continued pre-training on CIFAR-10 from our own checkpoint of a base method.
+
+  ``base_file`` is the base method's config (``configs/<method>_cifar10.py``); the run
+  continues its ``cpu`` variant (``smoke`` with the ``smoke`` variant), read from
+  ``init.workdir`` (default ``runs/<method>_cifar10_cpu``, where the README's base command
+  writes it). Protocol as on ImageNet: 10 epochs, batch 512, 0.01 x the base learning rate,
+  constant. Variants (comma-separated, composable): ``smoke`` (CI), ``short`` (1 epoch: the
+  benchmark's budget), ``continued`` (the ablation: the same run without E2MC).
+  """
+  names = [n for n in (arg or "").split(",") if n]
+  for name in names:
+    if name not in ("smoke", "short", "continued"):
+      raise ConfigError(f"unknown config variant {name!r}: expected one of "
+                        "['continued', 'short', 'smoke']")
+  base_variant = "smoke" if "smoke" in names else "cpu"
+  c = load(base_file, base_variant)
+  e2mc_continuation(c, beta=beta, gamma=gamma, transform=transform, epochs=10)
+  method = c.method
+  c.init.workdir = f"runs/{method}_cifar10_{base_variant}"
+  c.checkpoint.every_epochs = 1
+  c.knn.every_epochs = None
+  if "short" in names:
+    c.total_epochs = 1
+  if "smoke" in names:
+    c.batch_size = 32
+    c.total_epochs = None
+    c.total_steps = 6
+    c.checkpoint.every_epochs = None
+    c.checkpoint.every_steps = 3
+  if "continued" in names:
+    continued(c)
+  return c

@@ -24,6 +24,7 @@ from mecjax import checkpoint as ckpt_lib
 from mecjax import configlib
 from mecjax import data as data_lib
 from mecjax import evaluators
+from mecjax import initialize
 from mecjax import methods
 from mecjax import metric_writers
 from mecjax import models
@@ -68,9 +69,12 @@ def run(config, workdir: str) -> dict:
   """Train (or resume) the run in ``workdir``; returns the last logged metrics."""
   # ------------------------------------------------------------------ setup
   check_names(config)
+  init_from = initialize.requested(config)
   workdir = os.path.abspath(workdir)
   is_main = parallel.is_main_process()
   os.makedirs(workdir, exist_ok=True)
+  if is_main:   # what the evaluation commands read back (mecjax.evaluate)
+    configlib.save(config, workdir)
   mesh = parallel.make_mesh()
   global_batch = config.batch_size
   parallel.check_batch(global_batch, "config.batch_size")
@@ -142,6 +146,11 @@ def run(config, workdir: str) -> dict:
     log.info("resumed from %s/%d", checkpointer.directory, latest)
   else:
     state = jax.jit(init_state, static_argnums=0, out_shardings=repl)(config.seed)
+    if init_from:   # continued pre-training: trained weights, fresh optimiser
+      params, model_state = jax.device_put(
+          initialize.initialize(config, method, state.params, state.model_state), repl)
+      state = state.replace(params=params, model_state=model_state,
+                            opt_state=jax.jit(tx.init, out_shardings=repl)(params))
   start_step = int(jax.device_get(state.step))
   writer = metric_writers.MetricWriter(workdir, enabled=is_main)
   if start_step >= total_steps:
@@ -356,7 +365,7 @@ def make_update(method, tx, lr, ema_momentum, probe_net, probe_tx, probe_on: boo
     params = method.project_params(optax.apply_updates(state.params, updates))
 
     metrics = {"loss": loss, "lr": lr(step), "grad_norm": optax.global_norm(grads),
-               **aux.metrics, **monitors.collapse_metrics(aux.embedding)}
+               **aux.metrics, **monitors.collapse_metrics(aux.embeddings[0])}
     if ema_momentum is not None:
       metrics["ema_momentum"] = ema_momentum(step)
     probe_params, probe_opt_state = state.probe_params, state.probe_opt_state

@@ -4,6 +4,9 @@ from mecjax.losses.mec import mec_logdet
 from mecjax.losses.mec import mec_loss
 from mecjax.losses.mec import mec_spectral_norm
 from mecjax.losses.contrastive import infonce_loss
+from mecjax.losses.entropy import e2mc_loss
+from mecjax.losses.entropy import e2mc_terms
+from mecjax.losses.entropy import m_spacings_entropy
 from mecjax.losses.music import music_loss
 from mecjax.losses.music import music_terms
 from mecjax.losses.redundancy import barlow_twins_loss
@@ -21,4 +24,5 @@ __all__ = [
     "barlow_twins_loss", "vicreg_loss", "vicreg_terms",
     "sinkhorn", "swav_loss",
     "infonce_loss",
+    "m_spacings_entropy", "e2mc_loss", "e2mc_terms",
 ]

@@ -76,16 +76,17 @@ class LossOutput:
   metrics: scalars to log (the loop adds lr, probe and timing figures).
   state: the method's non-trainable state after the step.
   features: stop-gradient backbone features of each view, for the online probe.
-  embedding: an online embedding (B, d) for the collapse monitors.
+  embeddings: the online embeddings (B, d) of the views, with gradient: projector output
+    before any normalisation (the collapse monitors read the first; E2MC the first two).
   """
   metrics: dict
   state: Any
   features: list
-  embedding: jax.Array
+  embeddings: list
 
 
 jax.tree_util.register_dataclass(LossOutput, data_fields=["metrics", "state", "features",
-                                                          "embedding"], meta_fields=[])
+                                                          "embeddings"], meta_fields=[])
 
 
 class Method:
@@ -93,13 +94,14 @@ class Method:
 
   ``loss`` is what the loop differentiates: the method's ``objective`` plus, when
   ``config.regularizer.name`` is set, that regulariser on the pairs the objective names
-  (MEC on SimCLR's projections, on SimSiam's (prediction, stop-gradient projection), ...).
+  (MEC on SimCLR's projections, on SimSiam's (prediction, stop-gradient projection), ...)
+  or on the online embeddings (E2MC).
   """
 
   name = "base"
   uses_target = False   # keep an EMA target (teacher) in the optimiser state
   schedule_metrics: tuple[str, ...] = ()   # metrics that are schedules: logged as last value
-  accepts_regularizer = True
+  refuses_regularizers: tuple[str, ...] = ()   # regularisers that are already the objective
 
   def __init__(self, config, run: RunInfo):
     self.config, self.run = config, run
@@ -107,9 +109,9 @@ class Method:
     self.regularizer = None
     reg = config.regularizer
     if reg.name:
-      if not self.accepts_regularizer:
+      if reg.name in self.refuses_regularizers:
         raise ConfigError(f"config.regularizer.name={reg.name!r}: method {self.name!r} takes "
-                          "no regulariser (it is already its objective)")
+                          "no such regulariser (it is already its objective)")
       self.regularizer = get_regularizer(reg, config, run)
       self.schedule_metrics = tuple(self.schedule_metrics) + tuple(
           f"reg_{k}" for k in self.regularizer.schedule_metrics)
@@ -149,7 +151,7 @@ class Method:
     loss, out, pairs = self.objective(params, state, target, views, step)
     if self.regularizer is None:
       return loss, out
-    reg_loss, reg_metrics = self.regularizer(pairs, step)
+    reg_loss, reg_metrics = self.regularizer(pairs, out.embeddings, step)
     metrics = dict(out.metrics, objective=jax.lax.stop_gradient(loss),
                    **{f"reg_{k}": v for k, v in reg_metrics.items()})
     return loss + self.config.regularizer.weight * reg_loss, dataclasses.replace(
@@ -169,11 +171,11 @@ class Method:
 
   @staticmethod
   def output(metrics: dict, state, online: list) -> LossOutput:
-    """LossOutput with the online outputs' stop-gradient features (probe) and the first
-    view's embedding (collapse monitors)."""
+    """LossOutput with the online outputs' stop-gradient features (probe) and
+    embeddings."""
     return LossOutput(metrics=metrics, state=state,
                       features=[jax.lax.stop_gradient(o["features"]) for o in online],
-                      embedding=online[0]["embedding"])
+                      embeddings=[o["embedding"] for o in online])
 
   def forward_views(self, params, batch_stats, views, method=None):
     """Forward each view separately (per-view BN statistics over the global batch), in

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 from mecjax import losses
 from mecjax.losses.mec import l2_normalize
-from mecjax.methods.base import LossOutput, Method
+from mecjax.methods.base import Method
 from mecjax.methods.regularizers import lamda_inv_schedule
 
 
@@ -32,7 +32,7 @@ class MEC(Method):
   name = "mec"
   uses_target = True
   schedule_metrics = ("lamda_inv",)
-  accepts_regularizer = False
+  refuses_regularizers = ("mec",)
 
   def __init__(self, config, run):
     super().__init__(config, run)
@@ -64,8 +64,6 @@ class MEC(Method):
         # The order-1 term of the loss is minus this mean positive-pair cosine.
         "pos_cosine": jax.lax.stop_gradient((cosine(t[0], o[1]) + cosine(t[1], o[0])) / 2),
     }
-    return loss, LossOutput(
-        metrics=metrics,
-        state={"batch_stats": batch_stats, "target_batch_stats": target_stats},
-        features=[jax.lax.stop_gradient(out["features"]) for out in online],
-        embedding=online[0]["embedding"]), []
+    state = {"batch_stats": batch_stats, "target_batch_stats": target_stats}
+    # MEC's own pairs are (teacher, online); E2MC acts on the online embeddings.
+    return loss, self.output(metrics, state, online), []

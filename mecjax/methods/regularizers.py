@@ -1,4 +1,8 @@
-"""Additive regularisers on another method's embedding pairs (``config.regularizer``).
+"""Additive regularisers on another method's embeddings (``config.regularizer``).
+
+Each is called as ``regularizer(pairs, embeddings, step) -> (loss, metrics)``: ``pairs`` are
+the (a, b) pairs the method's objective names (with its stop-gradients), ``embeddings`` the
+online embeddings of its views (projector output before any normalisation, with gradient).
 
 ``mec``: the MEC loss of the official code on each pair the method names, averaged over the
 pairs, with ``config.mec`` (eps_sq, order, lamda_inv warm-up) as for MEC itself. The MEC paper
@@ -15,6 +19,7 @@ import optax
 
 from mecjax import configlib
 from mecjax import losses
+from mecjax.losses.entropy import TRANSFORMS
 
 
 def lamda_inv_schedule(mec_cfg, run, out_dim: int):
@@ -40,7 +45,7 @@ class MecRegularizer:
       self._schedules[out_dim] = lamda_inv_schedule(self.cfg, self.run, out_dim)
     return self._schedules[out_dim]
 
-  def __call__(self, pairs, step):
+  def __call__(self, pairs, embeddings, step):
     if not pairs:
       raise ValueError("the MEC regulariser needs at least one embedding pair")
     lamda_inv = self.schedule(pairs[0][0].shape[-1])(step)
@@ -51,4 +56,29 @@ class MecRegularizer:
                    "c_norm": losses.mec_spectral_norm(a, b, lamda_inv=lamda_inv)}
 
 
-REGULARIZERS = {"mec": MecRegularizer}
+class E2mcRegularizer:
+  """``e2mc``: E2MC's effective-entropy criterion on the online embeddings of the two global
+  views (``config.e2mc``), with gradient into them: VICReg's raw expander output, SwAV's
+  un-normalised head output, SimSiam's projector output (before the predictor), MEC's
+  projector output (METHODS.md names the tensor for each base). Logs ``entropy`` (the mean
+  marginal entropy H, averaged over the views) and ``cov`` (Cov1 + Cov2) separately."""
+  schedule_metrics = ()
+
+  def __init__(self, config, run):
+    self.cfg = config.e2mc
+    if self.cfg.transform not in TRANSFORMS:
+      raise configlib.ConfigError(f"config.e2mc.transform={self.cfg.transform!r}: expected one "
+                                  f"of {list(TRANSFORMS)}")
+
+  def __call__(self, pairs, embeddings, step):
+    if len(embeddings) < 2:
+      raise ValueError(f"E2MC needs the embeddings of two views, got {len(embeddings)}")
+    cfg = self.cfg
+    loss, terms = losses.e2mc_loss(embeddings[0], embeddings[1], beta=cfg.beta,
+                                   gamma=cfg.gamma, transform=cfg.transform, eps=cfg.eps)
+    return loss, {"loss": jax.lax.stop_gradient(loss),
+                  "entropy": jax.lax.stop_gradient(terms["entropy"]),
+                  "cov": jax.lax.stop_gradient(terms["cov"])}
+
+
+REGULARIZERS = {"mec": MecRegularizer, "e2mc": E2mcRegularizer}

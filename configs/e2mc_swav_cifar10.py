@@ -1,0 +1,29 @@
+r"""E2MC continued pre-training of a SwAV CIFAR-10 checkpoint (ours: the ``cpu`` variant).
+
+  # the base (once):
+  python -m mecjax.main --config=configs/swav_cifar10.py:cpu \
+      --workdir=runs/swav_cifar10_cpu --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+  # + E2MC, and the "continued" ablation (same run without E2MC):
+  python -m mecjax.main --config=configs/e2mc_swav_cifar10.py --workdir=runs/e2mc_swav \
+      --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+  python -m mecjax.main --config=configs/e2mc_swav_cifar10.py:continued \
+      --workdir=runs/continued_swav --config.data.path=../shared/data/cifar10-jpeg.tar.gz
+
+SwAV loss plus E2MC on the un-normalised 128-d head output of the two crops, normal-CDF
+squash, beta 1, gamma 25 (the paper's SwAV setting); 10 epochs at 0.01 x SwAV's learning rate
+(constant), batch 512, prototypes not frozen and the queue in use from the start (the base
+run is past both); encoder, head and prototypes from ``config.init.workdir`` (default
+runs/swav_cifar10_cpu).
+
+Variants: ``smoke`` (CI: from runs/swav_cifar10_smoke), ``short`` (1 epoch), ``continued``
+(no E2MC); they compose: ``:short,continued``.
+"""
+
+import os
+
+from mecjax import configlib
+
+
+def get_config(arg: str | None = None):
+  return configlib.e2mc_cifar(os.path.join(os.path.dirname(__file__), "swav_cifar10.py"),
+                              arg, beta=1.0, gamma=25.0, transform="gaussian_cdf")

@@ -1,0 +1,254 @@
+r"""Evaluations of a finished (or running) mecjax run directory, from the command line:
+
+  python -m mecjax.evaluate knn --workdir=RUN [--k=200] [--temperature=0.1] [--bn=eval|batch]
+  python -m mecjax.evaluate e2mc --workdir=RUN [--examples=2048] [--seed=0]
+
+``knn``: the weighted kNN of the training monitor (cosine similarity of L2-normalised backbone
+features, each of the k nearest train images votes exp(sim / T)) on RUN's latest checkpoint,
+with RUN's data config; prints and appends ``knn_top1`` (with k, T and the BN mode) to
+RUN/metrics.jsonl under the checkpoint's step.
+
+``e2mc``: the pictures E2MC's users look at, as PNG files in RUN/plots/, comparing the
+weights the run started from (``config.init``) with its latest checkpoint, on the first
+``--examples`` images of the eval split, un-augmented, BN in eval mode:
+- ``e2mc_dims.png``: a random pair of embedding dimensions after the E2MC squash, before vs
+  after (E2MC paper Fig. 2 / D.1): spread over the unit square is what E2MC aims for;
+- ``e2mc_neighbours.png``: histograms of the Euclidean distances of each L2-normalised
+  embedding to its 1st and 100th nearest neighbour, before vs after (paper Fig. 4).
+The embedding is the tensor E2MC acts on: the projector output, before any normalisation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from mecjax import main as _cli_env  # noqa: F401  (XLA flags before the backend starts)
+
+log = logging.getLogger("mecjax")
+
+
+# ------------------------------------------------------------------ loading a run
+
+class LoadedRun:
+  """A run directory's config, method, data recipe and latest weights (host arrays)."""
+
+  def __init__(self, workdir: str, step: int | None = None):
+    import jax
+    from mecjax import checkpoint as ckpt_lib
+    from mecjax import configlib, data as data_lib, methods
+    self.workdir = os.path.abspath(workdir)
+    self.config = configlib.load_run(self.workdir)
+    state = ckpt_lib.read_state(self.workdir, step)
+    self.step = int(state["step"])
+    self.params, self.model_state = state["params"], state["model_state"]
+    cfg = self.config
+    run_info = methods.RunInfo(cfg.batch_size, 1, max(self.step, 1))
+    self.method = methods.get_method(cfg, run_info)
+    self.recipe = data_lib.get_recipe(cfg.aug, cfg.data.image_size, cfg.seed)
+    self._jax = jax
+
+  def initial_weights(self):
+    """(params, model_state) the run started from: a fresh initialisation with
+    ``config.init`` merged in, exactly as the train loop builds it."""
+    import jax
+    import numpy as np
+    from mecjax import initialize
+    if not initialize.requested(self.config):
+      raise SystemExit(f"mecjax: error: {self.workdir} did not start from trained weights "
+                       "(config.init is empty): nothing to compare against")
+    size = self.config.data.image_size
+    params, model_state = self.method.init(jax.random.key(self.config.seed),
+                                           (2, size, size, 3))
+    params = jax.tree.map(np.asarray, params)
+    return initialize.initialize(self.config, self.method, params, model_state)
+
+  def load_split(self, split: str, max_examples: int | None):
+    from mecjax import data as data_lib
+    dcfg = self.config.data
+    size = dcfg.image_size
+    in_memory = dcfg.in_memory if dcfg.in_memory is not None else size <= 64
+    stored = (dcfg.stored_size or size) if in_memory else size
+    return data_lib.load_split(dcfg, split, max_examples, in_memory, stored)
+
+  def outputs(self, params, model_state, source, key: str, train: bool = False):
+    """``key`` ('features' or 'embedding') of every image of ``source``, eval-mode BN unless
+    ``train``; (array, labels) on the host, padding dropped."""
+    import jax
+    import numpy as np
+    from mecjax import data as data_lib, parallel
+    from mecjax.methods.base import SSLNet
+    mesh = parallel.make_mesh()
+    net, recipe = self.method.net, self.recipe
+
+    @jax.jit
+    def forward(p, bs, images):
+      x = recipe.eval_view(images)
+      variables = {"params": p, "batch_stats": bs}
+      if key == "features":
+        return net.apply(variables, x, train=train, method=SSLNet.features,
+                         mutable=["batch_stats"] if train else False)
+      return net.apply(variables, x, train=train, method=SSLNet.embed,
+                       mutable=["batch_stats"] if train else False)
+
+    outs, labels, valid = [], [], []
+    for batch in data_lib.eval_batches(source, global_batch=self.config.eval_batch_size,
+                                       mesh=mesh, transform=recipe.eval_transform(),
+                                       threads=self.config.data.host_threads):
+      out = forward(params, model_state["batch_stats"], batch["image"])
+      if train:
+        out = out[0]
+      if key != "features":
+        out = out[key]
+      outs.append(np.asarray(jax.device_get(out)))
+      labels.append(np.asarray(jax.device_get(batch["label"])))
+      valid.append(np.asarray(jax.device_get(batch["valid"])))
+    keep = np.concatenate(valid)
+    return np.concatenate(outs)[keep], np.concatenate(labels)[keep]
+
+
+# ------------------------------------------------------------------ knn
+
+def knn(args) -> dict:
+  import jax.numpy as jnp
+  from mecjax import evaluators, metric_writers
+  run = LoadedRun(args.workdir, args.step)
+  cfg = run.config
+  train = args.bn == "batch"
+  bank = run.load_split(cfg.data.train_split, cfg.knn.max_train_examples)
+  queries = run.load_split(cfg.data.eval_split, cfg.data.max_eval_examples)
+  if not len(bank.classes):
+    raise SystemExit(f"mecjax: error: split {cfg.data.train_split!r} has no labels: kNN "
+                     "needs a labelled split")
+  bank_f, bank_l = run.outputs(run.params, run.model_state, bank, "features", train)
+  query_f, query_l = run.outputs(run.params, run.model_state, queries, "features", train)
+  top1 = float(evaluators.knn_top1(
+      jnp.asarray(bank_f), jnp.asarray(bank_l), jnp.ones(len(bank_l), bool),
+      jnp.asarray(query_f), jnp.asarray(query_l), jnp.ones(len(query_l), bool),
+      num_classes=len(bank.classes), k=args.k, temperature=args.temperature))
+  row = {"knn_top1": top1, "knn_k": args.k, "knn_temperature": args.temperature,
+         "knn_bn_batch_mode": float(train)}
+  print(f"kNN top-1 {100 * top1:.2f}% of {len(query_l)} {cfg.data.eval_split!r} images "
+        f"(bank: {len(bank_l)} {cfg.data.train_split!r} images; k={args.k}, "
+        f"T={args.temperature}, BN in {args.bn} mode) at step {run.step} of {run.workdir}")
+  writer = metric_writers.MetricWriter(run.workdir, enabled=True)
+  writer.write(run.step, row)
+  writer.close()
+  return row
+
+
+# ------------------------------------------------------------------ e2mc pictures
+
+def e2mc_pictures(args) -> list[str]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  from mecjax.losses.entropy import TRANSFORMS, squash
+
+  run = LoadedRun(args.workdir, args.step)
+  cfg = run.config
+  transform = cfg.e2mc.transform if cfg.e2mc.transform in TRANSFORMS else "sigmoid"
+  source = run.load_split(cfg.data.eval_split, args.examples)
+  before_p, before_s = run.initial_weights()
+  emb = {"before": run.outputs(before_p, before_s, source, "embedding")[0],
+         "after": run.outputs(run.params, run.model_state, source, "embedding")[0]}
+  squashed = {k: np.asarray(squash(np.asarray(v, np.float32), transform))
+              for k, v in emb.items()}
+  out_dir = os.path.join(run.workdir, "plots")
+  os.makedirs(out_dir, exist_ok=True)
+  what = "E2MC" if cfg.regularizer.name == "e2mc" else "continued (no E2MC)"
+  title = f"{cfg.method} + {what}, step {run.step}"
+
+  rng = np.random.default_rng(args.seed)
+  i, j = rng.choice(emb["after"].shape[1], size=2, replace=False)
+  fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), sharex=True, sharey=True)
+  for ax, name in zip(axes, ("before", "after")):
+    u = squashed[name]
+    ax.scatter(u[:, i], u[:, j], s=3, alpha=0.5)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_title(f"{name}")
+    ax.set_xlabel(f"{transform}(z[{i}])")
+  axes[0].set_ylabel(f"{transform}(z[{j}])")
+  fig.suptitle(f"{title}: two random embedding dimensions after the E2MC squash, "
+               f"{len(u)} {cfg.data.eval_split} images", fontsize=9)
+  paths = [os.path.join(out_dir, "e2mc_dims.png")]
+  fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+  plt.close(fig)
+
+  k_far = min(100, len(source) - 1)
+  fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+  for name, style in (("before", dict(alpha=0.5)), ("after", dict(alpha=0.5))):
+    d = _neighbour_distances(emb[name], (1, k_far))
+    for ax, k in zip(axes, (1, k_far)):
+      ax.hist(d[k], bins=50, label=name, **style)
+  for ax, k in zip(axes, (1, k_far)):
+    ax.set_title(f"distance to the {_ordinal(k)} nearest neighbour")
+    ax.set_xlabel("Euclidean distance of L2-normalised embeddings")
+    ax.legend()
+  axes[0].set_ylabel("images")
+  fig.suptitle(f"{title}: {len(source)} {cfg.data.eval_split} images", fontsize=9)
+  paths.append(os.path.join(out_dir, "e2mc_neighbours.png"))
+  fig.savefig(paths[-1], dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  for p in paths:
+    print(p)
+  return paths
+
+
+def _neighbour_distances(x, ks) -> dict:
+  """{k: (N,) distance of each row to its k-th nearest other row}, rows L2-normalised."""
+  import numpy as np
+  x = np.asarray(x, np.float64)
+  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  sq = np.maximum(2.0 - 2.0 * (x @ x.T), 0.0)
+  np.fill_diagonal(sq, np.inf)
+  part = np.sort(sq, axis=1)
+  return {k: np.sqrt(part[:, k - 1]) for k in ks}
+
+
+def _ordinal(k: int) -> str:
+  return f"{k}{'st' if k % 10 == 1 and k != 11 else 'nd' if k % 10 == 2 else 'th'}"
+
+
+# ------------------------------------------------------------------ command line
+
+def parse(argv=None):
+  p = argparse.ArgumentParser(prog="python -m mecjax.evaluate", description=__doc__.split(
+      "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True)
+  k = sub.add_parser("knn", help="weighted kNN top-1 of a run's latest checkpoint")
+  k.add_argument("--workdir", required=True)
+  k.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+  k.add_argument("--k", type=int, default=200)
+  k.add_argument("--temperature", type=float, default=0.1)
+  k.add_argument("--bn", choices=("eval", "batch"), default="eval",
+                 help="BN with running statistics (eval) or each batch's own")
+  e = sub.add_parser("e2mc", help="E2MC pictures (PNG) into RUN/plots/")
+  e.add_argument("--workdir", required=True)
+  e.add_argument("--step", type=int, default=None)
+  e.add_argument("--examples", type=int, default=2048, help="eval images used")
+  e.add_argument("--seed", type=int, default=0, help="picks the pair of dimensions")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  from mecjax import checkpoint, configlib
+  from mecjax.data.sources import DataError
+  from mecjax.main import setup_logging
+  args = parse(argv)
+  setup_logging()
+  try:
+    {"knn": knn, "e2mc": e2mc_pictures}[args.command](args)
+  except (configlib.ConfigError, DataError, checkpoint.CheckpointMismatch) as e:
+    print(f"mecjax: error: {e}", file=sys.stderr, flush=True)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -129,8 +129,17 @@ def read_state(run_dir: str, step: int | None = None) -> dict:
   step = manager.latest_step() if step is None else step
   if step not in steps:
     raise ConfigError(f"{run_dir!r} has no checkpoint of step {step} (it has {sorted(steps)})")
+  # Restore every array whole onto this process's first device: the checkpoint may come
+  # from another device count or process count, which a target-less restore refuses.
+  from etils import epath
+  tree = ocp.StandardCheckpointHandler().metadata(
+      epath.Path(manager.directory) / str(step) / "state")
+  tree = getattr(tree, "item_metadata", tree)
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+                          tree)
   out = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   manager.close()
   state = jax.tree.map(np.asarray, dict(out["state"]))
   return {**state, "meta": out["meta"], "step": step, "directory": manager.directory}

@@ -392,3 +392,14 @@ def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
   if "continued" in names:
     continued(c)
   return c
+
+
+def e2mc_imagenet_smoke(c) -> None:
+  """The ImageNet E2MC configs' code path at smoke size: a narrow ResNet-50 at 64 px on 256
+  images of any local folder with train/ and test/ splits, 6 steps at batch 32, from the
+  checkpoint ``init.torch`` / ``init.workdir`` names (CI writes a release-layout one)."""
+  imagenet_smoke(c)
+  c.batch_size = 32
+  c.total_epochs = None
+  c.total_steps = 6
+  c.checkpoint.every_steps = 3

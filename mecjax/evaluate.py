@@ -1,11 +1,12 @@
 r"""Evaluations of a finished (or running) mecjax run directory, from the command line:
 
-  python -m mecjax.evaluate knn --workdir=RUN [--k=200] [--temperature=0.1] [--bn=eval|batch]
+  python -m mecjax.evaluate knn --workdir=RUN [--k=K] [--temperature=T] [--bn=eval|batch]
   python -m mecjax.evaluate e2mc --workdir=RUN [--examples=2048] [--seed=0]
 
 ``knn``: the weighted kNN of the training monitor (cosine similarity of L2-normalised backbone
-features, each of the k nearest train images votes exp(sim / T)) on RUN's latest checkpoint,
-with RUN's data config; prints and appends ``knn_top1`` (with k, T and the BN mode) to
+features, each of the k nearest train images votes exp(sim / T); k and T default to the
+run's ``config.knn``, 200 and 0.1 in the recipes) on RUN's latest checkpoint, with RUN's
+data config and bank; prints and appends ``knn_top1`` (with k, T and the BN mode) to
 RUN/metrics.jsonl under the checkpoint's step.
 
 ``e2mc``: the pictures E2MC's users look at, as PNG files in RUN/plots/, comparing the
@@ -116,8 +117,13 @@ def knn(args) -> dict:
   from mecjax import evaluators, metric_writers
   run = LoadedRun(args.workdir, args.step)
   cfg = run.config
+  from mecjax.data import sources
   train = args.bn == "batch"
-  bank = run.load_split(cfg.data.train_split, cfg.knn.max_train_examples)
+  k = cfg.knn.k if args.k is None else args.k
+  temperature = cfg.knn.temperature if args.temperature is None else args.temperature
+  # The monitor's bank and queries: the run's splits, the bank capped as the run capped it.
+  bank = sources.subset(run.load_split(cfg.data.train_split, cfg.data.max_train_examples),
+                        cfg.knn.max_train_examples)
   queries = run.load_split(cfg.data.eval_split, cfg.data.max_eval_examples)
   if not len(bank.classes):
     raise SystemExit(f"mecjax: error: split {cfg.data.train_split!r} has no labels: kNN "
@@ -127,12 +133,12 @@ def knn(args) -> dict:
   top1 = float(evaluators.knn_top1(
       jnp.asarray(bank_f), jnp.asarray(bank_l), jnp.ones(len(bank_l), bool),
       jnp.asarray(query_f), jnp.asarray(query_l), jnp.ones(len(query_l), bool),
-      num_classes=len(bank.classes), k=args.k, temperature=args.temperature))
-  row = {"knn_top1": top1, "knn_k": args.k, "knn_temperature": args.temperature,
+      num_classes=len(bank.classes), k=k, temperature=temperature))
+  row = {"knn_top1": top1, "knn_k": k, "knn_temperature": temperature,
          "knn_bn_batch_mode": float(train)}
   print(f"kNN top-1 {100 * top1:.2f}% of {len(query_l)} {cfg.data.eval_split!r} images "
-        f"(bank: {len(bank_l)} {cfg.data.train_split!r} images; k={args.k}, "
-        f"T={args.temperature}, BN in {args.bn} mode) at step {run.step} of {run.workdir}")
+        f"(bank: {len(bank_l)} {cfg.data.train_split!r} images; k={k}, "
+        f"T={temperature}, BN in {args.bn} mode) at step {run.step} of {run.workdir}")
   writer = metric_writers.MetricWriter(run.workdir, enabled=True)
   writer.write(run.step, row)
   writer.close()
@@ -224,8 +230,9 @@ def parse(argv=None):
   k = sub.add_parser("knn", help="weighted kNN top-1 of a run's latest checkpoint")
   k.add_argument("--workdir", required=True)
   k.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
-  k.add_argument("--k", type=int, default=200)
-  k.add_argument("--temperature", type=float, default=0.1)
+  k.add_argument("--k", type=int, default=None, help="default: the run's config.knn.k")
+  k.add_argument("--temperature", type=float, default=None,
+                 help="default: the run's config.knn.temperature")
   k.add_argument("--bn", choices=("eval", "batch"), default="eval",
                  help="BN with running statistics (eval) or each batch's own")
   e = sub.add_parser("e2mc", help="E2MC pictures (PNG) into RUN/plots/")

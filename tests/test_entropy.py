@@ -11,7 +11,7 @@ import pytest
 from scipy import special as sp_special
 
 from mecjax.losses import e2mc_loss, e2mc_terms, m_spacings_entropy
-from tests.test_objectives import f32, f64, sharded_and_single
+from test_objectives import f32, f64, sharded_and_single
 
 
 # ----------------------------------------------------------------------------- references

@@ -112,7 +112,9 @@ def base() -> ml_collections.ConfigDict:
   # the heads too when init.heads and both sides have them with the same shapes. Ignored
   # when the run's own workdir already holds a checkpoint (that is a resume).
   c.init = dict(workdir=placeholder(str), step=placeholder(int), torch=placeholder(str),
-                heads=True)
+                heads=True,
+                required=False)       # the config continues trained weights: refuse none
+
 
   c.checkpoint = dict(every_steps=placeholder(int), every_epochs=placeholder(float), keep=3)
   c.knn = dict(enabled=True, every_steps=placeholder(int), every_epochs=placeholder(float),
@@ -343,6 +345,7 @@ def e2mc_continuation(c, *, beta: float, gamma: float, transform: str, epochs: f
   c.total_steps = None
   c.total_epochs = epochs
   c.init.heads = True
+  c.init.required = True
   # The official continuation restores the epoch counter; our step restarts at 0, so the
   # schedules that count from the start are set as they stand late in the base run.
   c.swav.freeze_prototypes_steps = None

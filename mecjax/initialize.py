@@ -33,6 +33,10 @@ def requested(config) -> bool:
   if init.workdir and init.torch:
     raise ConfigError(f"config.init.workdir={init.workdir!r} and config.init.torch="
                       f"{init.torch!r}: set one source of initial weights, not both")
+  if init.required and not (init.workdir or init.torch):
+    raise ConfigError(f"config.init.workdir / config.init.torch: config {config.method!r} "
+                      "continues trained weights; name the run directory or PyTorch "
+                      "checkpoint to start from")
   return bool(init.workdir or init.torch)
 
 

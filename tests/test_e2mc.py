@@ -200,3 +200,40 @@ def test_missing_base_run_is_one_clear_line(tmp_path, cifar_path):
                   f"--config.init.workdir={tmp_path / 'missing'}")
   assert proc.returncode == 2
   assert "config.init.workdir" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_imagenet_config_continues_a_release_layout_checkpoint(tmp_path, cifar_path,
+                                                                compile_cache):
+  """The ImageNet SwAV config at smoke size from a PyTorch checkpoint in SwAV's release
+  layout (``{"state_dict": {"module.*", "module.projection_head.*",
+  "module.prototypes.weight"}}``), written here from a mecjax initialisation."""
+  torch = pytest.importorskip("torch")
+  from mecjax import torch_port
+  config = configlib.load(str(REPO / "configs" / "e2mc_swav_imagenet.py"), "smoke")
+  run = methods.RunInfo(global_batch=BATCH, steps_per_epoch=4, total_steps=12)
+  method = methods.get_method(config, run)
+  params, state = jax.device_get(method.init(jax.random.key(7), (2, 64, 64, 3)))
+  stats = state["batch_stats"]
+  release = {f"module.{k}": v for k, v in
+             torch_port.encoder_to_torch(params["encoder"], stats["encoder"]).items()}
+  release.update({f"module.projection_head.{k}": v for k, v in
+                  torch_port.heads_to_torch(params["projector"], stats["projector"]).items()})
+  release.update({f"module.prototypes.{k}": v for k, v in torch_port.heads_to_torch(
+      params["predictor"]).items()})
+  path = tmp_path / "swav_release.pth.tar"
+  torch.save({"epoch": 800, "state_dict": {k: torch.from_numpy(np.array(v))
+                                           for k, v in release.items()}}, path)
+
+  proc = run_main("configs/e2mc_swav_imagenet.py:smoke", tmp_path / "run",
+                  f"--config.data.path={cifar_path}", f"--config.init.torch={path}",
+                  cache=compile_cache)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "swav release" in proc.stdout, proc.stdout[-2000:]
+  rows = [r for r in rows_of(tmp_path / "run") if "loss" in r]
+  assert rows[-1]["step"] == 6 and np.isfinite([r["loss"] for r in rows]).all()
+  assert all("reg_entropy" in r for r in rows)
+
+  # Without a checkpoint the config refuses to start (it continues trained weights).
+  proc = run_main("configs/e2mc_swav_imagenet.py:smoke", tmp_path / "none",
+                  f"--config.data.path={cifar_path}")
+  assert proc.returncode == 2 and "config.init.torch" in proc.stderr

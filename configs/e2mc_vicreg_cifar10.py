@@ -25,3 +25,6 @@ from mecjax import configlib
 def get_config(arg: str | None = None):
   return configlib.e2mc_cifar(os.path.join(os.path.dirname(__file__), "vicreg_cifar10.py"),
                               arg, beta=1000.0, gamma=100.0, transform="sigmoid")
+
+
+VARIANTS = configlib.E2MC_CIFAR_VARIANTS

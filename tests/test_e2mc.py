@@ -19,6 +19,9 @@ from mecjax import checkpoint as ckpt_lib
 from mecjax import configlib, initialize, losses, methods, train
 from test_methods import BATCH, build, views
 
+# One worker runs this module, so the base checkpoints (module fixture) are trained once.
+pytestmark = pytest.mark.xdist_group("e2mc")
+
 
 # ------------------------------------------------------------------------ the regulariser
 

@@ -1,11 +1,12 @@
 """Scalars out: ``DIR/metrics.jsonl`` (one flat JSON object of numbers per line, with
 ``step``; appended to on resume, never rewritten) and TensorBoard event files.
 
-TensorBoard goes through clu's writers when TensorFlow is installed (clu's summary writer
-imports it). Training must also run without TensorFlow (local folders, the GPU image), so
-then the events are written with the ``tensorboard`` package's own TF-free event writer;
-both produce the same ``events.out.tfevents.*`` files under ``DIR/tensorboard``. Only
-process 0 writes.
+TensorBoard goes through clu's summary writer when TensorFlow is already loaded (tfds by
+name loads it); otherwise the events are written with the ``tensorboard`` package's own
+TF-free event writer. Both produce the same ``events.out.tfevents.*`` files under
+``DIR/tensorboard``. TensorFlow is never imported just to write scalars: clu's writers
+import it, which costs about 5 s of CPU at every start (and training must run where it is
+not installed: local folders, the GPU image). Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -14,26 +15,35 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 
 log = logging.getLogger(__name__)
 
 
 class _TensorboardEvents:
-  """Scalar summaries through ``tensorboard``'s EventFileWriter (no TensorFlow)."""
+  """Scalar summaries as a TensorBoard event file, written with ``tensorboard``'s record
+  framing over a plain local file. (Its EventFileWriter opens files through
+  ``tensorboard.compat.tf``, which imports TensorFlow whenever it is installed.)"""
 
   def __init__(self, logdir: str):
+    import socket
     from tensorboard.compat.proto import event_pb2, summary_pb2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+    from tensorboard.summary.writer.record_writer import RecordWriter
     self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
-    self._writer = EventFileWriter(logdir)
+    os.makedirs(logdir, exist_ok=True)
+    name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+    self._writer = RecordWriter(open(os.path.join(logdir, name), "wb"))
+    self._add(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+
+  def _add(self, event) -> None:
+    self._writer.write(event.SerializeToString())
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     values = [self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
               for k, v in scalars.items()]
-    event = self._event_pb2.Event(wall_time=time.time(), step=int(step),
-                                  summary=self._summary_pb2.Summary(value=values))
-    self._writer.add_event(event)
+    self._add(self._event_pb2.Event(wall_time=time.time(), step=int(step),
+                                    summary=self._summary_pb2.Summary(value=values)))
 
   def flush(self):
     self._writer.flush()
@@ -46,12 +56,9 @@ def _tensorboard_writer(logdir: str):
   # TensorFlow only writes summaries here: keep its start-up banner and oneDNN kernels off.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-  try:
-    import tensorflow  # noqa: F401  (clu's summary writer needs it)
+  if "tensorflow" in sys.modules:   # already paid for: clu's writer (it needs TensorFlow)
     from clu import metric_writers
     return metric_writers.SummaryWriter(logdir)
-  except ImportError:
-    pass
   try:
     return _TensorboardEvents(logdir)
   except ImportError:

@@ -2,6 +2,7 @@ r"""Evaluations of a finished (or running) mecjax run directory, from the comman
 
   python -m mecjax.evaluate knn --workdir=RUN [--k=K] [--temperature=T] [--bn=eval|batch]
   python -m mecjax.evaluate e2mc --workdir=RUN [--examples=2048] [--seed=0]
+  python -m mecjax.evaluate plots --workdir=RUN [--examples=2000] [--seed=0] [--perplexity=30]
 
 ``knn``: the weighted kNN of the training monitor (cosine similarity of L2-normalised backbone
 features, each of the k nearest train images votes exp(sim / T); k and T default to the
@@ -17,6 +18,16 @@ weights the run started from (``config.init``) with its latest checkpoint, on th
 - ``e2mc_neighbours.png``: histograms of the Euclidean distances of each L2-normalised
   embedding to its 1st and 100th nearest neighbour, before vs after (paper Fig. 4).
 The embedding is the tensor E2MC acts on: the projector output, before any normalisation.
+
+``plots``: PNG files in RUN/plots/ of RUN's latest checkpoint, from a class-balanced
+``--examples`` images of the eval split, BN in eval mode (pictures from ``mecjax.plots``):
+- ``tsne.png``: t-SNE of the encoder features, coloured by class (MEC appendix B);
+- ``spectrum.png``: sorted singular values of the centred embedding (projector output) and
+  encoder-feature matrices over those images, normalised, log scale, effective ranks printed
+  (dimensional collapse shows as a cliff);
+- ``curves.png``: loss, ``knn_top1``, ``probe_top1`` against step/epoch from metrics.jsonl;
+- ``music_p.png`` (MUSIC runs): the joint distribution ``P`` of two augmented views' segment
+  symbols (``losses.music.music_joint``), one segment's block and the mean over segments.
 """
 
 from __future__ import annotations
@@ -221,6 +232,100 @@ def _ordinal(k: int) -> str:
   return f"{k}{'st' if k % 10 == 1 and k != 11 else 'nd' if k % 10 == 2 else 'th'}"
 
 
+# ------------------------------------------------------------------ plots
+
+def plots(args) -> list[str]:
+  import numpy as np
+  from mecjax import metric_writers, plots as plots_lib
+  from mecjax.losses.music import music_joint
+
+  run = LoadedRun(args.workdir, args.step)   # not a run directory: ConfigError, one line
+  cfg = run.config
+  source = run.load_split(cfg.data.eval_split, args.examples)
+  out_dir = os.path.join(run.workdir, "plots")
+  title = f"{cfg.method}, {os.path.basename(run.workdir)}, step {run.step}"
+  where = f"{len(source)} {cfg.data.eval_split!r} images"
+  features, labels = run.outputs(run.params, run.model_state, source, "features")
+  embedding, _ = run.outputs(run.params, run.model_state, source, "embedding")
+  paths = []
+
+  if len(source.classes) and (labels >= 0).all():
+    fig = _user_error(plots_lib.tsne_figure, features, labels, source.classes,
+                      title=f"{title}, {where}", perplexity=args.perplexity, seed=args.seed,
+                      max_iter=args.tsne_iters)
+    paths.append(plots_lib.save(fig, os.path.join(out_dir, "tsne.png")))
+  else:
+    print(f"no t-SNE: split {cfg.data.eval_split!r} has no labels to colour by")
+
+  fig = plots_lib.spectrum_figure(
+      {"embedding (projector output)": embedding, "encoder features": features},
+      title=f"{title}, {where}")
+  paths.append(plots_lib.save(fig, os.path.join(out_dir, "spectrum.png")))
+
+  metrics_path = os.path.join(run.workdir, "metrics.jsonl")
+  rows = metric_writers.read_metrics(run.workdir) if os.path.isfile(metrics_path) else []
+  fig = plots_lib.curves_figure(rows, title=title)
+  paths.append(plots_lib.save(fig, os.path.join(out_dir, "curves.png")))
+
+  if cfg.method == "music":
+    z1, z2 = _view_embeddings(run, source, args.seed)
+    p = np.asarray(music_joint(z1, z2, segment_size=cfg.music.segment_size,
+                               temperature=cfg.music.temperature))
+    fig = _user_error(plots_lib.music_joint_figure, p, segment=args.segment,
+                      title=f"{title}, two augmented views of {where}")
+    paths.append(plots_lib.save(fig, os.path.join(out_dir, "music_p.png")))
+  for path in paths:
+    print(path)
+  return paths
+
+
+def _user_error(draw, *args, **kwargs):
+  """``draw(...)``; its ValueErrors (an option out of range for these data) as one line."""
+  try:
+    return draw(*args, **kwargs)
+  except ValueError as e:
+    raise SystemExit(f"mecjax: error: {e}") from None
+
+
+def _view_embeddings(run, source, seed: int):
+  """Embeddings (projector outputs) of two augmented views of every image of ``source``,
+  the run's training augmentation keyed by ``seed``, BN in eval mode: MUSIC's ``P`` is a
+  distribution over pairs of views. Recipes that crop on the host (ImageNet) start every
+  view from the eval centre crop; the device-side augmentations still differ per view."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from mecjax import data as data_lib, parallel
+  from mecjax.methods.base import SSLNet
+  mesh = parallel.make_mesh()
+  net, recipe = run.method.net, run.recipe
+  host_crops = recipe.host_transform() is not None
+  key = jax.random.key(seed)
+
+  @jax.jit
+  def forward(p, bs, images, index):
+    if host_crops:   # crops() expects (B, views, S, S, 3) cut on the host
+      images = jnp.repeat(images[:, None], recipe.num_views, axis=1)
+    views = recipe.views(images, index, 0, key)[:2]
+    variables = {"params": p, "batch_stats": bs}
+    return [net.apply(variables, v, train=False, method=SSLNet.embed)["embedding"]
+            for v in views]
+
+  outs, valid, start = ([], []), [], 0
+  for batch in data_lib.eval_batches(source, global_batch=run.config.eval_batch_size,
+                                     mesh=mesh, transform=recipe.eval_transform(),
+                                     threads=run.config.data.host_threads):
+    rows = batch["image"].shape[0]
+    index = jnp.arange(start, start + rows, dtype=jnp.int32)
+    start += rows
+    for out, z in zip(outs, forward(run.params, run.model_state["batch_stats"],
+                                    batch["image"], index)):
+      out.append(np.asarray(jax.device_get(z)))
+    valid.append(np.asarray(jax.device_get(batch["valid"])))
+  keep = np.concatenate(valid)
+  return tuple(np.concatenate(out)[keep] for out in outs)
+
+
 # ------------------------------------------------------------------ command line
 
 def parse(argv=None):
@@ -240,6 +345,17 @@ def parse(argv=None):
   e.add_argument("--step", type=int, default=None)
   e.add_argument("--examples", type=int, default=2048, help="eval images used")
   e.add_argument("--seed", type=int, default=0, help="picks the pair of dimensions")
+  g = sub.add_parser("plots", help="t-SNE, spectrum, training curves (and MUSIC's P) as PNG "
+                     "into RUN/plots/")
+  g.add_argument("--workdir", required=True)
+  g.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+  g.add_argument("--examples", type=int, default=2000,
+                 help="class-balanced eval images for t-SNE, spectrum and P")
+  g.add_argument("--seed", type=int, default=0, help="t-SNE and the views' augmentation")
+  g.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity")
+  g.add_argument("--tsne-iters", type=int, default=1000,
+                 help="t-SNE optimisation iterations (at least 250)")
+  g.add_argument("--segment", type=int, default=0, help="MUSIC segment drawn beside the mean")
   return p.parse_args(argv)
 
 
@@ -250,7 +366,7 @@ def main(argv=None) -> int:
   args = parse(argv)
   setup_logging()
   try:
-    {"knn": knn, "e2mc": e2mc_pictures}[args.command](args)
+    {"knn": knn, "e2mc": e2mc_pictures, "plots": plots}[args.command](args)
   except (configlib.ConfigError, DataError, checkpoint.CheckpointMismatch) as e:
     print(f"mecjax: error: {e}", file=sys.stderr, flush=True)
     return 2

@@ -23,6 +23,9 @@ joint distribution over ``D_S²`` cells), ``L_ti >= 0`` (``q1 · q2 <= 1``), so
 The official code takes ``L_ti`` on each worker's local batch and reports the local mean; with
 equal shards the mean over the global batch has the same gradient. ``P`` is built on the
 gathered global batch, as here.
+
+``music_joint`` returns the ``S`` diagonal blocks of ``P``: per segment, the joint distribution
+of the symbol view 1 takes and the symbol view 2 takes (the MUSIC paper's picture of ``P``).
 """
 
 from __future__ import annotations
@@ -45,6 +48,42 @@ def segment_softmax(x: jax.Array, segment_size: int, temperature: float = 1.0) -
   return jnp.maximum(jax.nn.softmax(logits, axis=-1), PROB_FLOOR)
 
 
+def _joint(q1: jax.Array, q2: jax.Array) -> jax.Array:
+  """(N, S, D_S) segment softmaxes of the two views -> P as (S, D_S, S, D_S): ``q1ᵀ q2 / N``."""
+  n, s, k = q1.shape
+  # A sum over the (sharded) batch axis: under jit this is the global-batch joint distribution.
+  return (q1.reshape(n, s * k).T @ q2.reshape(n, s * k) / n).reshape(s, k, s, k)
+
+
+def music_joint(x1: jax.Array, x2: jax.Array, *, segment_size: int,
+                temperature: float = 1.0) -> jax.Array:
+  """Per segment, the joint distribution of the two views' symbols: the diagonal blocks of P.
+
+      q_v    = max(softmax(x_v[:, s] / temperature), 1e-8)          (N, S, D_S), v = 1, 2
+      P[s]   = Σ_n q1[n, s]ᵀ q2[n, s] / N                           (S, D_S, D_S)
+
+  ``P[s, i, j]`` is how often (softly) view 1 takes symbol ``i`` of segment ``s`` while view 2
+  takes ``j``; each ``P[s]`` sums to 1 (up to the clamp), its row sums are the mean of
+  ``q1[:, s]`` over the batch and its column sums the mean of ``q2[:, s]``. The ideal code puts
+  ``1 / D_S`` on the diagonal and 0 elsewhere. The same ``P`` as ``music_terms`` uses.
+
+  Args:
+    x1, x2: (N, D) embeddings of the two views, ``D`` a multiple of ``segment_size``.
+    segment_size: ``D_S``; temperature: the softmax temperature (as in ``music_terms``).
+
+  Returns:
+    (S, D_S, D_S), float32 (float64 under x64 with float64 inputs).
+  """
+  if x1.ndim != 2 or x1.shape != x2.shape:
+    raise ValueError(f"MUSIC expects two (N, D) embeddings of one shape, got {x1.shape} and "
+                     f"{x2.shape}")
+  p = _joint(segment_softmax(x1, segment_size, temperature),
+             segment_softmax(x2, segment_size, temperature))
+  segments = jnp.arange(p.shape[0])
+  # Advanced indices split by a slice go first: (S, D_S, D_S), block s of P at [s].
+  return p[segments, :, segments, :]
+
+
 def music_terms(x1: jax.Array, x2: jax.Array, *, segment_size: int, temperature: float = 1.0,
                 invariance_weight: float = 1.0) -> dict[str, jax.Array]:
   """The MUSIC loss and its three terms (module docstring for the equations).
@@ -63,7 +102,7 @@ def music_terms(x1: jax.Array, x2: jax.Array, *, segment_size: int, temperature:
   if x1.ndim != 2 or x1.shape != x2.shape:
     raise ValueError(f"MUSIC expects two (N, D) embeddings of one shape, got {x1.shape} and "
                      f"{x2.shape}")
-  n, d = x1.shape
+  d = x1.shape[1]
   segments = d // segment_size
   if segments < 2:
     # L_off divides by S(S-1): the official code returns NaN for a single segment.
@@ -73,11 +112,10 @@ def music_terms(x1: jax.Array, x2: jax.Array, *, segment_size: int, temperature:
 
   invariance = -jnp.mean(jnp.log(jnp.sum(q1 * q2, axis=-1)))
 
-  # A sum over the (sharded) batch axis: under jit this is the global-batch joint distribution.
-  p = q1.reshape(n, d).T @ q2.reshape(n, d) / n
-  diag = jnp.diagonal(p)
+  p = _joint(q1, q2)                                   # (S, D_S, S, D_S), as music_joint
+  diag = jnp.diagonal(p.reshape(d, d))
   diagonal = jnp.sum(diag * jnp.log(diag)) / segments
-  plogp = (p * jnp.log(p)).reshape(segments, segment_size, segments, segment_size)
+  plogp = p * jnp.log(p)
   off_block = ~jnp.eye(segments, dtype=bool)[:, None, :, None]
   off_diagonal = jnp.sum(jnp.where(off_block, plogp, 0.0)) / (segments * (segments - 1))
 

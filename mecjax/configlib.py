@@ -29,13 +29,26 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.method = "mec"                    # mecjax.methods.METHODS
+  # What mecjax.main runs: "pretrain" (mecjax.train), "linear" (offline linear probe of the
+  # frozen encoder config.init names: mecjax.evaluators.linear) or "finetune" (the whole
+  # encoder + a new linear head: mecjax.evaluators.finetune).
+  c.task = "pretrain"
   c.batch_size = 512                  # global, over every device of every process
   c.total_steps = placeholder(int)
   c.total_epochs = placeholder(float)
   c.log_every_steps = 50
 
   c.model = dict(name="resnet18_cifar", width=1.0, zero_init_residual=True,
-                 dtype="float32")     # computation dtype; parameters stay float32
+                 # computation dtype: float32 | bfloat16 (parameters, optimiser state and
+                 # every loss stay float32; README "Mixed precision")
+                 dtype="float32",
+                 # ViT encoders only (mecjax/models/vit.py; a ResNet refuses them). Unset:
+                 # the named size's (vit_small: 16, 12 blocks, 12 heads); width above
+                 # multiplies the named embedding width.
+                 patch_size=placeholder(int), depth=placeholder(int),
+                 num_heads=placeholder(int),
+                 stop_grad_patch_embed=placeholder(bool))   # MoCo v3's frozen random patch
+                                                            # projection; unset: trained
   c.projector = dict(hidden=(2048,), out_dim=2048, out_bn="no_affine", out_bias=True)
   c.predictor = dict(hidden=(512,), out_dim=2048, out_bn=placeholder(str), out_bias=True)
 
@@ -56,14 +69,21 @@ def base() -> ml_collections.ConfigDict:
   )
   c.aug = dict(
       name="cifar",                   # mecjax.data.augment.RECIPES
-      crop_scale=(0.2, 1.0),
+      crop_scale=(0.2, 1.0),          # of the global views (multicrop variants narrow it)
       jitter=(0.4, 0.4, 0.2, 0.1),    # brightness, contrast, saturation, hue (torchvision)
       jitter_prob=0.8,
       grayscale_prob=0.2,
-      blur_prob=(0.0, 0.0),           # per view
-      solarize_prob=(0.0, 0.2),       # per view
+      blur_prob=(0.0, 0.0),           # per global view (their number is this tuple's length)
+      solarize_prob=(0.0, 0.2),       # per global view
       mean=(0.4914, 0.4822, 0.4465),
       std=(0.2470, 0.2435, 0.2616),
+      # Multi-crop (SwAV): num_local small views per image after the global ones, forwarded
+      # as one batch; each method pairs them by the rule in its docstring (or refuses them).
+      num_local=0,                    # 0: the global views only
+      local_size=placeholder(int),    # side of the local views; required when num_local > 0
+      local_crop_scale=(0.05, 0.14),  # their crop area range (SwAV: 96 px at (0.05, 0.14))
+      local_blur_prob=0.0,            # every local view (SwAV/DINO: blur p=0.5 at 96 px)
+      local_solarize_prob=0.0,        # every local view (SwAV/DINO: none)
   )
 
   c.optim = dict(
@@ -120,6 +140,14 @@ def base() -> ml_collections.ConfigDict:
   c.knn = dict(enabled=True, every_steps=placeholder(int), every_epochs=placeholder(float),
                k=200, temperature=0.1, max_train_examples=placeholder(int))
   c.probe = dict(enabled=True, lr=0.1, momentum=0.9, weight_decay=0.0)
+  # Offline linear probe (task "linear"; mecjax/evaluators/linear.py): BN without affine,
+  # then Linear, on the frozen encoder's features; optim / batch_size / total_* are its own.
+  c.linear = dict(
+      cache_features=False,   # train on un-augmented features computed once (DIR/features)
+      bn_eps=1e-6,            # of the BN before the linear layer (MEC / MoCo v3 probe)
+      metric="top1",          # headline metric: top1 | mean_per_class | map11 (VOC2007)
+      multi_label=False,      # labels are sets (tfds 'labels'): sigmoid cross-entropy
+  )
   c.eval_batch_size = 512
   c.lock()
   return c
@@ -411,3 +439,83 @@ def e2mc_imagenet_smoke(c) -> None:
   c.total_epochs = None
   c.total_steps = 6
   c.checkpoint.every_steps = 3
+
+
+# --------------------------------------------------------- offline evaluation recipes
+# Shared by configs/linear_*.py, semisup_*.py and transfer_linear.py: the encoder comes from
+# config.init (its architecture from the run, see mecjax/evaluators/downstream.py).
+
+
+def evaluation(c, task: str) -> None:
+  """An evaluation run (``task`` "linear" or "finetune") of the encoder ``config.init``
+  names: one augmented view per image, the recipe's random-resized crop (scale 0.08-1,
+  torchvision's default, as the MEC / MoCo v3 probe and SimCLR's fine-tuning use) and flip,
+  no colour operations; no kNN monitor, no online probe, no warm-up."""
+  c.task = task
+  c.init.heads = False
+  c.init.required = True
+  c.aug.crop_scale = (0.08, 1.0)
+  c.aug.blur_prob = (0.0,)
+  c.aug.solarize_prob = (0.0,)
+  c.knn.enabled = False
+  c.probe.enabled = False
+  c.optim.warmup_steps = None
+  c.optim.warmup_epochs = None
+  c.optim.end_lr_factor = 0.0
+
+
+def mec_linear_probe(c) -> None:
+  """The official MEC linear probe (``main_lincls``): frozen encoder, BN(no affine, eps
+  1e-6) + Linear, SGD momentum 0.9, lr 0.03 x batch/256, weight decay 0, batch 4096,
+  100 epochs, cosine per step."""
+  evaluation(c, "linear")
+  c.linear.bn_eps = 1e-6
+  c.batch_size = 4096
+  c.total_steps = None
+  c.total_epochs = 100
+  c.optim.name = "sgd"
+  c.optim.base_lr = 0.03
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 0.0
+  c.log_every_steps = 100
+  c.checkpoint.every_epochs = 10
+
+
+def lars_probe(c) -> None:
+  """The recipe's LARS option: the same learning rate, trust coefficient 0.001, biases and
+  norm parameters excluded (as SimSiam's / MoCo v3's LARS probe)."""
+  c.optim.name = "lars"
+  c.optim.trust_coefficient = 0.001
+  c.optim.exclude_1d = True
+
+
+def semisup_finetune(c) -> None:
+  """The MEC appendix's semi-supervised fine-tuning: the whole network and a new linear
+  head, SGD momentum 0.9, lr 0.05 at batch 1024 (base_lr 0.0125 x batch/256), weight decay
+  0, 50 epochs, cosine per step."""
+  evaluation(c, "finetune")
+  c.batch_size = 1024
+  c.total_steps = None
+  c.total_epochs = 50
+  c.optim.name = "sgd"
+  c.optim.base_lr = 0.05 * 256 / 1024
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 0.0
+  c.log_every_steps = 20
+  c.checkpoint.every_epochs = 10
+
+
+def evaluation_smoke(c, max_train: int = 256) -> None:
+  """CI size for an evaluation config: at most ``max_train`` training images, 128 eval
+  images, batch 32, 8 steps, a checkpoint half-way."""
+  c.data.max_train_examples = min(c.data.max_train_examples or max_train, max_train)
+  c.data.max_eval_examples = 128
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.total_epochs = None
+  c.total_steps = 8
+  c.log_every_steps = 2
+  c.checkpoint.every_epochs = None
+  c.checkpoint.every_steps = 4
+  c.optim.warmup_steps = None   # (cifar_smoke warms up; an evaluation does not)
+  c.optim.warmup_epochs = None

@@ -69,6 +69,9 @@ def run(config, workdir: str) -> dict:
   """Train (or resume) the run in ``workdir``; returns the last logged metrics."""
   # ------------------------------------------------------------------ setup
   check_names(config)
+  if config.task != "pretrain":   # linear / finetune: mecjax.main.run_task dispatches them
+    raise configlib.ConfigError(f"config.task={config.task!r}: train.run pre-trains; run "
+                                "this config with python -m mecjax.main")
   init_from = initialize.requested(config)
   workdir = os.path.abspath(workdir)
   is_main = parallel.is_main_process()
@@ -121,7 +124,7 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------ state
   run_info = methods.RunInfo(global_batch, steps_per_epoch, total_steps)
   method = methods.get_method(config, run_info)
-  tx, lr, ema_momentum = make_tx(config, run_info, method.uses_target)
+  tx, lr, ema_momentum = make_tx(config, run_info, method.uses_target, method.frozen_mask())
   probe_tx = evaluators.probe.make_optimizer(config.probe)
   probe_net = evaluators.probe.LinearProbe(max(num_classes, 1))
   view_shape = (2, size, size, 3)
@@ -317,13 +320,17 @@ class Evaluator:
     return out
 
 
-def make_tx(config, run: methods.RunInfo, uses_target: bool):
+def make_tx(config, run: methods.RunInfo, uses_target: bool, frozen=None):
   """(optimiser, lr schedule, EMA momentum schedule or None) as ``config.optim`` / ``ema`` say:
-  lr = base_lr x global batch / 256, warm-up then cosine per step; the EMA target last."""
+  lr = base_lr x global batch / 256, warm-up then cosine per step; the EMA target last.
+  ``frozen`` (``Method.frozen_mask()``): parameters whose updates, weight decay included,
+  are zeroed, so they stay at their initial values."""
   peak = optim.scaled_lr(config.optim.base_lr, run.global_batch)
   warmup = configlib.duration(config.optim, "warmup", run.steps_per_epoch, default=0)
   lr = optim.warmup_cosine(peak, run.total_steps, warmup, config.optim.end_lr_factor * peak)
   tx = optim.make_optimizer(config.optim, lr)
+  if frozen is not None:
+    tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
   ema_momentum = None
   if uses_target:
     ema_momentum = optim.cosine_momentum(config.ema.momentum, run.total_steps,

@@ -40,16 +40,27 @@ class SSLNet(nn.Module):
   def embed(self, x, train: bool = True):
     features = self.encoder(x, train=train)
     z = self.projector(features, train=train) if self.projector is not None else features
-    return {"features": features, "embedding": z}
+    return as_float32({"features": features, "embedding": z})
 
   def __call__(self, x, train: bool = True):
     out = self.embed(x, train)
     z = out["embedding"]
-    out["prediction"] = self.predictor(z, train=train) if self.predictor is not None else z
+    out["prediction"] = (as_float32(self.predictor(z, train=train))
+                         if self.predictor is not None else z)
     return out
 
   def features(self, x, train: bool = False):
-    return self.encoder(x, train=train)
+    return as_float32(self.encoder(x, train=train))
+
+
+def as_float32(tree):
+  """Every array of ``tree`` in at least float32 (float64 stays float64).
+
+  Mixed precision: the network may compute in bfloat16 (``config.model.dtype``), but its
+  outputs leave it here, the one place, in float32, so every loss and its reductions (the
+  MEC series, MUSIC's logs, E2MC's sorts), the monitors and the evaluators run in float32.
+  """
+  return jax.tree.map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)
 
 
 def mlp_head(cfg, dtype) -> models.MLPHead | None:
@@ -102,9 +113,19 @@ class Method:
   uses_target = False   # keep an EMA target (teacher) in the optimiser state
   schedule_metrics: tuple[str, ...] = ()   # metrics that are schedules: logged as last value
   refuses_regularizers: tuple[str, ...] = ()   # regularisers that are already the objective
+  # Why the method refuses local views (config.aug.num_local > 0); None: it pairs them by the
+  # rule in its docstring.
+  refuses_local_views: str | None = None
 
   def __init__(self, config, run: RunInfo):
     self.config, self.run = config, run
+    # Views arrive as the global ones (one per aug.blur_prob entry), then aug.num_local local
+    # ones (mecjax.data.augment).
+    self.num_global = len(config.aug.blur_prob)
+    self.num_local = int(config.aug.get("num_local", 0) or 0)
+    if self.num_local and self.refuses_local_views:
+      raise ConfigError(f"config.aug.num_local={self.num_local}: {self.name} takes no local "
+                        f"views ({self.refuses_local_views}); set it to 0")
     self.net = self.build_network()
     self.regularizer = None
     reg = config.regularizer
@@ -162,28 +183,59 @@ class Method:
     SwAV's unit-norm prototypes). Default: none."""
     return params
 
+  def frozen_mask(self):
+    """None, or ``params -> mask`` (True: the optimiser leaves that parameter at its initial
+    value, weight decay included): the encoder's frozen submodules
+    (``models.frozen_modules``, e.g. MoCo v3's random patch projection of a ViT)."""
+    names = models.frozen_modules(self.config.model)
+    if not names:
+      return None
+
+    def mask(params):
+      return {part: jax.tree_util.tree_map_with_path(
+          lambda path, _: part == "encoder" and path[0].key in names, tree)
+          for part, tree in params.items()}
+    return mask
+
   # Helpers for subclasses -------------------------------------------------------
 
   def check_views(self, views, expected: int = 2) -> None:
-    if len(views) != expected:
-      raise ValueError(f"{self.name} pairs {expected} views, got {len(views)} "
-                       "(config.aug.blur_prob / solarize_prob set the number of views)")
+    """``expected`` global views, then ``config.aug.num_local`` local ones."""
+    if self.num_global != expected or len(views) != expected + self.num_local:
+      raise ValueError(
+          f"{self.name} pairs {expected} global views and config.aug.num_local="
+          f"{self.num_local} local ones, got {len(views)} views (config.aug.blur_prob / "
+          f"solarize_prob set the number of global views: {self.num_global})")
 
-  @staticmethod
-  def output(metrics: dict, state, online: list) -> LossOutput:
-    """LossOutput with the online outputs' stop-gradient features (probe) and
-    embeddings."""
+  def output(self, metrics: dict, state, online: list) -> LossOutput:
+    """LossOutput with the stop-gradient features (probe) and embeddings of the global
+    views' online outputs: the probe, the collapse monitors and E2MC never see local
+    views."""
+    online = online[:self.num_global]
     return LossOutput(metrics=metrics, state=state,
                       features=[jax.lax.stop_gradient(o["features"]) for o in online],
                       embeddings=[o["embedding"] for o in online])
 
   def forward_views(self, params, batch_stats, views, method=None):
-    """Forward each view separately (per-view BN statistics over the global batch), in
-    order, threading the running statistics as PyTorch's sequential calls do."""
+    """Outputs of every view, in order, and the running BN statistics after them.
+
+    The global views (the first ``num_global``) are forwarded one at a time: per-view BN
+    statistics over the global batch, as the official MEC code does. The local views (any
+    after them, all of one size) are concatenated and forwarded as one batch of
+    ``num_local x B`` rows, as SwAV and DINO forward each crop size: one BN statistic over
+    all local crops, and one call instead of ``num_local``. The running statistics are
+    threaded through the calls as PyTorch's sequential calls do.
+    """
     outs = []
-    for v in views:
+    for v in views[:self.num_global]:
       out, batch_stats = apply(self.net, params, batch_stats, v, train=True, method=method)
       outs.append(out)
+    local = views[self.num_global:]
+    if local:
+      out, batch_stats = apply(self.net, params, batch_stats, jnp.concatenate(local),
+                               train=True, method=method)
+      outs += [dict(zip(out, parts)) for parts in
+               zip(*(jnp.split(x, len(local)) for x in out.values()))]
     return outs, batch_stats
 
 

@@ -5,8 +5,11 @@
 #
 #   bash launch/local.sh N --config=configs/NAME.py[:VARIANT] --workdir=DIR [--config.KEY=VALUE ...]
 #
-# Exits non-zero as soon as any process fails (the others are stopped: they would wait at
-# the next collective forever). MECJAX_PORT picks the coordinator port (default: a free one).
+# Exits non-zero as soon as any process fails, with that process's status (137 for a
+# kill -9); the others are stopped, since they would wait at the next collective until the
+# heartbeat timeout. MECJAX_PORT picks the coordinator port (default: a free one); PYTHON
+# the interpreter; MECJAX_STOP_GRACE the seconds the others get after SIGTERM (default 3)
+# before SIGKILL. Each process's pid is printed on stderr ("process I: pid P").
 set -uo pipefail
 if [[ $# -lt 1 || ! "$1" =~ ^[0-9]+$ || "$1" -lt 1 ]]; then
   echo "usage: bash launch/local.sh N --config=... --workdir=... [--config.KEY=VALUE ...]" >&2
@@ -21,9 +24,24 @@ for ((i = 0; i < n; i++)); do
   MECJAX_COORDINATOR="127.0.0.1:$port" MECJAX_NUM_PROCESSES="$n" MECJAX_PROCESS_ID="$i" \
     JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}" "$python" -m mecjax.main "$@" &
   pids+=("$!")
+  echo "launch/local.sh: process $i: pid $!" >&2
 done
 
-stop_all() { kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; }
+# SIGTERM, then SIGKILL after the grace period: a process inside jax.distributed catches
+# SIGTERM (JAX's preemption notifier) and would otherwise hang in its shutdown barrier.
+grace=${MECJAX_STOP_GRACE:-3}
+stop_all() {
+  kill -TERM "${pids[@]}" 2>/dev/null
+  local t pid alive
+  for ((t = 0; t < grace * 10; t++)); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    ((alive)) || break
+    sleep 0.1
+  done
+  kill -KILL "${pids[@]}" 2>/dev/null
+  wait 2>/dev/null
+}
 trap 'stop_all; exit 130' INT TERM
 
 status=0
@@ -35,7 +53,9 @@ while [[ ${#running[@]} -gt 0 ]]; do
   for pid in "${running[@]}"; do [[ $pid != "$done_pid" ]] && left+=("$pid"); done
   running=("${left[@]}")
   if [[ $rc -ne 0 ]]; then
-    echo "launch/local.sh: process $done_pid exited with status $rc; stopping the others" >&2
+    for i in "${!pids[@]}"; do [[ ${pids[$i]} == "$done_pid" ]] && break; done
+    echo "launch/local.sh: process $i (pid $done_pid) exited with status $rc;" \
+      "stopping the others" >&2
     stop_all
     status=$rc
     break

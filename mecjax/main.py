@@ -1,5 +1,6 @@
 r"""Command line: ``python -m mecjax.main --config=configs/NAME.py[:VARIANT] --workdir=DIR
-[--config.KEY=VALUE ...]``; everything else is ``mecjax.train.run``.
+[--config.KEY=VALUE ...]``; everything else is ``mecjax.train.run`` (or, as ``config.task``
+says, the offline linear probe / fine-tuning of ``mecjax.evaluators``).
 
 Rerunning the same command resumes from the newest checkpoint in DIR. Bad input (a key that
 does not exist, a missing data path, a split that does not exist, a batch that does not
@@ -69,11 +70,26 @@ def main(argv) -> None:
   except OSError as e:
     fail(_one_line(e))
   try:
-    train.run(config, _WORKDIR.value)
+    run_task(config, _WORKDIR.value)
   except (configlib.ConfigError, DataError, checkpoint.CheckpointMismatch) as e:
     fail(str(e))
   except train.NonFiniteError as e:
     fail(str(e), status=3)
+
+
+# config.task -> the module whose run(config, workdir) does it (imported when chosen).
+TASKS = {"pretrain": "mecjax.train", "linear": "mecjax.evaluators.linear",
+         "finetune": "mecjax.evaluators.finetune"}
+
+
+def run_task(config, workdir: str) -> dict:
+  """``run(config, workdir)`` of the module ``config.task`` names."""
+  import importlib
+  from mecjax import configlib
+  if config.task not in TASKS:
+    raise configlib.ConfigError(f"config.task={config.task!r}: expected one of "
+                                f"{sorted(TASKS)}")
+  return importlib.import_module(TASKS[config.task]).run(config, workdir)
 
 
 def _flag_errors(argv):

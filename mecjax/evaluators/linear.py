@@ -1,0 +1,204 @@
+r"""Offline linear probe of a frozen encoder (``config.task = "linear"``):
+
+  python -m mecjax.main --config=configs/linear_cifar10.py --workdir=DIR \
+      --config.init.workdir=RUN [--config.data.path=...]
+
+The MEC protocol (official ``main_lincls``, from MoCo v3 / SimSiam): the online encoder of
+``config.init`` frozen, BN in eval mode (running statistics); on its pooled features
+``BN(no affine, eps 1e-6) -> Linear`` (``downstream.LinearHead``), softmax cross-entropy
+(sigmoid for multi-label data), ``config.optim`` (SGD or LARS, warm-up + cosine),
+``config.batch_size`` / ``config.total_epochs``. Logs ``linear_loss``, ``linear_train_top1``
+while training and ``linear_top1``, ``linear_top5`` (and ``config.linear.metric``'s figure)
+on ``data.eval_split`` at the end, into DIR's metrics.jsonl and TensorBoard.
+
+Two ways to feed the head:
+- augmented (``linear.cache_features`` False, the ImageNet recipe): each step draws a
+  random-resized crop + flip of the training images (``downstream.train_view``) and runs
+  the frozen encoder on it; eval images go through the recipe's eval transform (ImageNet:
+  resize 256, centre crop 224; CIFAR: the image as is).
+- cached (``linear.cache_features`` True, CIFAR and the transfer probes): the frozen
+  encoder sees each train and eval image once, un-augmented; the features are written to
+  ``DIR/features/<split>.npz`` with a key naming the encoder checkpoint and the data, and
+  reused by any rerun with the same key. The head then trains on them for many epochs in
+  seconds. Without augmentation the probe sees less variety, so its figure can differ from
+  the augmented protocol's by a point or so; the config says which protocol it ran.
+
+The encoder is not in the trainable state at all (it is an argument of the step, never
+differentiated or updated), so a probe cannot change it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+
+from mecjax import data as data_lib
+from mecjax import parallel
+from mecjax.evaluators import downstream
+
+log = logging.getLogger("mecjax")
+
+PREFIX = "linear"
+
+
+def feature_key(config, source: dict, split: str, max_examples: int | None) -> dict:
+  """What cached features depend on: the encoder checkpoint and every input setting."""
+  d, a = config.data, config.aug
+  return {"encoder": source, "model": config.model.to_dict(), "data_name": d.name,
+          "data_path": os.path.abspath(d.path) if d.path else None, "split": split,
+          "max_examples": max_examples, "image_size": d.image_size,
+          "stored_size": d.stored_size, "aug": a.name, "mean": list(a.mean),
+          "std": list(a.std), "multi_label": bool(config.linear.multi_label)}
+
+
+def encode_source(encoder, variables, source, config, recipe, mesh):
+  """(features, labels) of every image of ``source``: un-augmented, eval-mode BN."""
+  encode = jax.jit(lambda v, images: encoder.apply(v, recipe.eval_view(images), train=False))
+  return downstream.map_eval_batches(encode, (variables,), source, config, recipe, mesh)
+
+
+def cached_features(workdir, config, source, split, max_examples, load_split, encoder,
+                    variables, recipe, mesh):
+  """(features, labels, number of classes) of ``split``, from
+  ``DIR/features/<split>.npz`` when its key matches, else computed (``encode_source``) and
+  written there."""
+  key = json.dumps(feature_key(config, source, split, max_examples), sort_keys=True)
+  path = os.path.join(workdir, "features", f"{split.replace('/', '_')}.npz")
+  if os.path.isfile(path):
+    with np.load(path) as f:
+      if str(f["key"]) == key:
+        log.info("features of %r: reusing %s (%d x %d)", split, path, *f["features"].shape)
+        return f["features"], f["labels"], int(f["num_classes"])
+    log.info("features of %r: %s was computed for another encoder or data; recomputing",
+             split, path)
+  t = time.time()
+  src = load_split(split, max_examples)
+  feats, labels = encode_source(encoder, variables, src, config, recipe, mesh)
+  log.info("features of %r: %d x %d in %.1fs", split, *feats.shape, time.time() - t)
+  if parallel.is_main_process():
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+      np.savez(f, features=feats, labels=labels, num_classes=len(src.classes),
+               key=np.asarray(key))
+    os.replace(path + ".tmp", path)
+  return feats, labels, len(src.classes)
+
+
+class FeatureInput:
+  """Global batches ``{'features', 'label', 'index'}`` of cached features: a seeded
+  permutation per epoch, the last partial batch dropped (as ``TrainInput``); its state is
+  the number of batches read."""
+
+  def __init__(self, features, labels, *, global_batch: int, seed: int, mesh):
+    self.features, self.labels = features, labels
+    self.global_batch, self.seed, self.mesh = global_batch, seed, mesh
+    self.steps_per_epoch = len(features) // global_batch
+    self.first, self.rows = parallel.process_rows(global_batch, mesh)
+    self.step, self._epoch, self._order = 0, -1, None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    epoch, i = divmod(self.step, self.steps_per_epoch)
+    if epoch != self._epoch:
+      self._epoch = epoch
+      self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.features))
+    rows = self._order[i * self.global_batch:(i + 1) * self.global_batch]
+    rows = rows[self.first:self.first + self.rows]
+    self.step += 1
+    local = {"features": self.features[rows], "label": self.labels[rows],
+             "index": rows.astype(np.int32)}
+    return parallel.to_global(local, self.mesh, self.global_batch)
+
+  def get_state(self) -> dict:
+    return {"step": self.step}
+
+  def set_state(self, state: dict) -> None:
+    self.step = int(state["step"])
+
+
+def run(config, workdir: str) -> dict:
+  """Train (or resume) the linear probe in ``workdir``; returns the last metrics row."""
+  workdir, source = downstream.prepare(config, workdir, "linear")
+  mesh = parallel.make_mesh()
+  dcfg = config.data
+  recipe = data_lib.get_recipe(config.aug, dcfg.image_size, config.seed)
+  encoder, variables = downstream.load_encoder(config, source)
+  load_split = lambda split, n: downstream.load_split(config, split, n)
+  head = downstream.LinearHead(0, config.linear.bn_eps)   # num_outputs set below
+
+  if config.linear.cache_features:
+    get = lambda split, n: cached_features(workdir, config, source, split, n, load_split,
+                                           encoder, variables, recipe, mesh)
+    train_x, train_y, num_outputs = get(dcfg.train_split, dcfg.max_train_examples)
+    eval_x, eval_y, _ = get(dcfg.eval_split, dcfg.max_eval_examples)
+    head = downstream.LinearHead(num_outputs, config.linear.bn_eps)
+    feature_shape = (2, train_x.shape[1])
+    make_input = lambda total: FeatureInput(train_x, train_y, global_batch=config.batch_size,
+                                            seed=config.seed, mesh=mesh)
+    train_size, frozen = len(train_x), None
+
+    def logits(params, batch_stats, frozen, batch, step, key, train):
+      return _apply_head(head, params, batch_stats, batch["features"], train)
+
+    predict = jax.jit(lambda p, bs, x: head.apply({"params": p, "batch_stats": bs}, x))
+
+    def evaluate(state):
+      chunk = max(config.eval_batch_size, 1)
+      scores = np.concatenate([downstream.to_host(predict(
+          state.params, state.batch_stats, eval_x[i:i + chunk]))
+          for i in range(0, len(eval_x), chunk)])
+      return scores, eval_y
+  else:
+    train_src = load_split(dcfg.train_split, dcfg.max_train_examples)
+    eval_src = load_split(dcfg.eval_split, dcfg.max_eval_examples)
+    num_outputs = len(train_src.classes)
+    head = downstream.LinearHead(num_outputs, config.linear.bn_eps)
+    size = dcfg.image_size
+    feature_shape = jax.eval_shape(
+        lambda v: encoder.apply(v, np.zeros((2, size, size, 3), np.float32), train=False),
+        variables).shape
+    frozen, train_size = variables, len(train_src)
+    make_input = lambda total: data_lib.TrainInput(
+        train_src, global_batch=config.batch_size, seed=config.seed, mesh=mesh,
+        total_steps=total, host_transform=recipe.host_transform(),
+        threads=dcfg.host_threads, prefetch=dcfg.prefetch_batches)
+
+    def logits(params, batch_stats, frozen, batch, step, key, train):
+      views = downstream.train_view(recipe, batch["image"], batch["index"], step, key)
+      features = jax.lax.stop_gradient(encoder.apply(frozen, views, train=False))
+      return _apply_head(head, params, batch_stats, features, train)
+
+    def predict(frozen, params, batch_stats, images):
+      features = encoder.apply(frozen, recipe.eval_view(images), train=False)
+      return head.apply({"params": params, "batch_stats": batch_stats}, features)
+    predict = jax.jit(predict)
+
+    def evaluate(state):
+      return downstream.map_eval_batches(predict, (frozen, state.params, state.batch_stats),
+                                         eval_src, config, recipe, mesh)
+
+  def init(key):
+    variables = head.init(key, np.zeros(feature_shape, np.float32), train=False)
+    return variables["params"], variables.get("batch_stats", {})
+
+  meta = downstream.base_meta(config, "linear", source, num_outputs)
+  meta["cache_features"] = bool(config.linear.cache_features)
+  return downstream.fit(config, workdir, downstream.Classification(
+      prefix=PREFIX, init=init, initial=None, logits=logits, frozen=frozen,
+      make_input=make_input, train_size=train_size, evaluate=evaluate, meta=meta))
+
+
+def _apply_head(head, params, batch_stats, features, train):
+  variables = {"params": params, "batch_stats": batch_stats}
+  if not train:
+    return head.apply(variables, features, train=False), batch_stats
+  out, mutated = head.apply(variables, features, train=True, mutable=["batch_stats"])
+  return out, mutated["batch_stats"]
+

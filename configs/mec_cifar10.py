@@ -13,6 +13,8 @@ EMA teacher 0.996 -> 1, order-4 series. The paper compares eps_d^2 = eps_sq / d 
 Variants:
   smoke: a tiny network on 256 images for a few steps (CI; under a minute on a 2-core CPU).
   cpu:   sized for the best kNN on the shared CIFAR-10 in 20 minutes of a 2-core CPU.
+  multicrop: 2x32 + 6x16 views (the MEC appendix's six extra local views), composable after
+         the others (``:smoke,multicrop``, ``:cpu,multicrop``).
 """
 
 from mecjax import configlib
@@ -80,4 +82,19 @@ def cpu(c):
   c.ema.momentum = 0.99
 
 
-VARIANTS = {"smoke": smoke, "cpu": cpu}
+def multicrop(c):
+  # Six local views at half the global side (16 at 32), each predicting both global teacher
+  # views (mecjax/methods/mec.py). Crop scales split solo-learn's CIFAR range (0.08, 1) where
+  # a local crop is at native resolution, (16/32)^2 = 0.25, as SwAV splits ImageNet's at
+  # 0.14 for 96-px locals of 224-px globals: globals (0.25, 1), locals (0.08, 0.25). The
+  # locals take the globals' jitter and grayscale, no blur (the CIFAR recipe has none) and
+  # no solarize (SwAV and DINO solarize no local view).
+  c.aug.num_local = 6
+  c.aug.local_size = c.data.image_size // 2
+  c.aug.crop_scale = (0.25, 1.0)
+  c.aug.local_crop_scale = (0.08, 0.25)
+  c.aug.local_blur_prob = 0.0
+  c.aug.local_solarize_prob = 0.0
+
+
+VARIANTS = {"smoke": smoke, "cpu": cpu, "multicrop": multicrop}

@@ -14,6 +14,8 @@ and solarize p=0.2. Without data.path, tfds ``imagenet2012`` (manual download) i
 Variants:
   smoke: the same recipe (host crops, blur, solarize) with a narrow ResNet-50 at 64 px on 256
          images of any local folder with train/ and test/ splits (CI: the shared CIFAR-10).
+  multicrop: 2x224 + 6x96 views (the MEC appendix's multi-crop setting), composable after
+         ``smoke`` (``:smoke,multicrop``: 2x64 + 6x27).
 """
 
 from mecjax import configlib
@@ -61,4 +63,18 @@ def smoke(c):
   c.predictor.out_dim = 64
 
 
-VARIANTS = {"smoke": smoke}
+def multicrop(c):
+  # SwAV's multi-crop, which the MEC appendix uses: six local views at 96 px (3/7 of the
+  # global side, so 27 px in the 64-px smoke run), crop scales split at 0.14 (globals
+  # (0.14, 1) instead of MoCo v3's (0.2, 1), locals (0.05, 0.14)), host-cropped like the
+  # globals. Locals get the globals' jitter and grayscale, blur p=0.5 and no solarize (SwAV
+  # and DINO). Each local predicts both global teacher views (mecjax/methods/mec.py).
+  c.aug.num_local = 6
+  c.aug.local_size = c.data.image_size * 3 // 7
+  c.aug.crop_scale = (0.14, 1.0)
+  c.aug.local_crop_scale = (0.05, 0.14)
+  c.aug.local_blur_prob = 0.5
+  c.aug.local_solarize_prob = 0.0
+
+
+VARIANTS = {"smoke": smoke, "multicrop": multicrop}

@@ -17,6 +17,13 @@ Recipes (``config.aug.name``):
 - ``mocov3``: crops and flips taken on the host from the full-size decoded image
   (``host_ops``), colour, blur and solarize here; view 1 blur p=1, view 2 blur p=0.1 and
   solarize p=0.2 (MoCo v3 / official MEC).
+
+Multi-crop (``aug.num_local > 0``, SwAV): ``views`` returns the global views (one per entry of
+``aug.blur_prob``, ``data.image_size`` square, crop scale ``aug.crop_scale``) followed by
+``num_local`` local views (``aug.local_size`` square, crop scale ``aug.local_crop_scale``, the
+same jitter and grayscale, blur ``local_blur_prob``, solarize ``local_solarize_prob``). The
+global views' draws are those of a run without local views: the locals take the keys after
+them, so switching multi-crop on changes no global view.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from mecjax.configlib import ConfigError
 from mecjax.data import host_ops
 
 SOLARIZE_THRESHOLD = 128 / 255
+LOCAL_STREAM = 0xFFFFFFFF   # fold_in data of the local views' key stream: no step number reaches it
 
 
 # ----------------------------------------------------------------------- keys
@@ -218,14 +226,18 @@ def normalize(x, mean, std):
 
 
 class Recipe:
-  """Two-view (more with multi-crop) augmentation: a host part and a device part."""
+  """Global views (two by default) and ``aug.num_local`` local views: a host part and a
+  device part."""
 
   def __init__(self, cfg, image_size: int, seed: int):
     if len(cfg.blur_prob) != len(cfg.solarize_prob):
       raise ConfigError("config.aug.blur_prob and config.aug.solarize_prob need one entry "
                        f"per view, got {cfg.blur_prob} and {cfg.solarize_prob}")
     self.cfg, self.size, self.seed = cfg, image_size, seed
-    self.num_views = len(cfg.blur_prob)
+    self.num_global = len(cfg.blur_prob)
+    self.num_local = check_local_views(cfg, image_size)
+    self.local_size = cfg.local_size if self.num_local else None
+    self.num_views = self.num_global + self.num_local
 
   # Host side: None = ship the decoded image whole.
   def host_transform(self):
@@ -237,25 +249,45 @@ class Recipe:
     return lambda image: host_ops.resize_center_crop(image, size, resize=size) \
         if image.shape[:2] != (size, size) else image
 
-  def crops(self, keys, images) -> list[jax.Array]:
-    """float (B,S,S,3) crops in [0, 1], one per view."""
+  def crops(self, keys, local_keys, images) -> list[jax.Array]:
+    """float crops in [0, 1], one per view: (B,S,S,3) global ones, then (B,s,s,3) local
+    ones; ``keys`` (B,) draw the global crops, ``local_keys`` (B, num_local) the local ones
+    (None without local views)."""
     raise NotImplementedError
+
+  def _view_probs(self, v: int) -> tuple[float, float]:
+    """(blur, solarize) probabilities of view ``v`` (globals first, then locals)."""
+    cfg = self.cfg
+    if v < self.num_global:
+      return cfg.blur_prob[v], cfg.solarize_prob[v]
+    return cfg.local_blur_prob, cfg.local_solarize_prob
 
   def views(self, images: jax.Array, index: jax.Array, step, key: jax.Array
             ) -> list[jax.Array]:
     """The augmented, normalised views of a uint8 batch, keyed by (key, step, index)."""
     cfg = self.cfg
-    keys = sample_keys(key, step, index, 5 * self.num_views + 1)
-    crops = self.crops(keys[:, -1], images)
+    # Five colour keys per global view and one crop key, as without local views; the local
+    # views draw six each (five colour, one crop) from a stream of their own, so switching
+    # them on leaves the global views as they were.
+    keys = sample_keys(key, step, index, 5 * self.num_global + 1)
+    colour = [keys[:, 5 * v:5 * v + 5] for v in range(self.num_global)]
+    local_crop_keys = None
+    if self.num_local:
+      local = sample_keys(jax.random.fold_in(key, LOCAL_STREAM), step, index,
+                          6 * self.num_local)
+      colour += [local[:, 6 * j:6 * j + 5] for j in range(self.num_local)]
+      local_crop_keys = local[:, 5::6]
+    crops = self.crops(keys[:, -1], local_crop_keys, images)
     out = []
     for v, x in enumerate(crops):
-      k = keys[:, 5 * v:5 * v + 5]
+      k = colour[v]
+      blur, solarize = self._view_probs(v)
       x = color_jitter(k[:, 0], x, cfg.jitter, cfg.jitter_prob)
       x = random_grayscale(k[:, 1], x, cfg.grayscale_prob)
-      if cfg.blur_prob[v] > 0:
-        x = random_blur(k[:, 2], x, cfg.blur_prob[v])
-      if cfg.solarize_prob[v] > 0:
-        x = random_solarize(k[:, 3], x, cfg.solarize_prob[v])
+      if blur > 0:
+        x = random_blur(k[:, 2], x, blur)
+      if solarize > 0:
+        x = random_solarize(k[:, 3], x, solarize)
       out.append(normalize(x, cfg.mean, cfg.std))
     return out
 
@@ -270,42 +302,90 @@ class Recipe:
 class DeviceCropRecipe(Recipe):
   """Crops and flips on the device from whole (small) images: the CIFAR recipe."""
 
-  def crops(self, keys, images):
+  def crops(self, keys, local_keys, images):
     images = images.astype(jnp.float32) / 255.0
     height, width = images.shape[1:3]
+
+    def crop_flip(k, scale, size):   # k: (B, 2) keys, box then flip
+      boxes = jax.vmap(lambda key: crop_box(key, height, width, scale))(k[:, 0])
+      x = jax.vmap(lambda im, box: crop_resize(im, box, size))(images, boxes)
+      return random_flip(k[:, 1], x)
+
+    split = lambda key: jax.random.split(key, 2)
     out = []
-    for v in range(self.num_views):
-      k = jax.vmap(lambda key: jax.random.split(jax.random.fold_in(key, v), 2))(keys)
-      boxes = jax.vmap(lambda key: crop_box(key, height, width, tuple(self.cfg.crop_scale)))(
-          k[:, 0])
-      x = jax.vmap(lambda im, box: crop_resize(im, box, self.size))(images, boxes)
-      out.append(random_flip(k[:, 1], x))
+    for v in range(self.num_global):
+      k = jax.vmap(lambda key: split(jax.random.fold_in(key, v)))(keys)
+      out.append(crop_flip(k, tuple(self.cfg.crop_scale), self.size))
+    for j in range(self.num_local):
+      out.append(crop_flip(jax.vmap(split)(local_keys[:, j]),
+                           tuple(self.cfg.local_crop_scale), self.local_size))
     return out
 
 
 class HostCropRecipe(Recipe):
-  """Crops and flips on the host from the full-size image (MoCo v3 at 224)."""
+  """Crops and flips on the host from the full-size image (MoCo v3 at 224).
+
+  The host ships ``image`` as (V, S, S, 3) uint8 global crops or, with local views,
+  ``{"global": (V, S, S, 3), "local": (L, s, s, 3)}`` (the pipeline batches either): the
+  locals travel at their own small size, never padded to the global one.
+  """
 
   def host_transform(self):
-    seed, size, scale, views = self.seed, self.size, tuple(self.cfg.crop_scale), self.num_views
+    seed, size, scale = self.seed, self.size, tuple(self.cfg.crop_scale)
+    num_global, num_local = self.num_global, self.num_local
+    local_size, local_scale = self.local_size, tuple(self.cfg.local_crop_scale)
 
     def transform(ex: dict, step: int) -> dict:
       rng = np.random.default_rng([seed, step, int(ex["index"])])
-      crops = [host_ops.random_resized_crop_flip(ex["image"], rng, size, scale)
-               for _ in range(views)]
-      return {**ex, "image": np.stack(crops)}
+      crops = np.stack([host_ops.random_resized_crop_flip(ex["image"], rng, size, scale)
+                        for _ in range(num_global)])
+      if not num_local:
+        return {**ex, "image": crops}
+      # Drawn after the global crops, from the same generator: the globals are unchanged.
+      local = np.stack([host_ops.random_resized_crop_flip(ex["image"], rng, local_size,
+                                                          local_scale)
+                        for _ in range(num_local)])
+      return {**ex, "image": {"global": crops, "local": local}}
     return transform
 
   def eval_transform(self):
     size = self.size
     return lambda image: host_ops.resize_center_crop(image, size)
 
-  def crops(self, keys, images):
-    images = images.astype(jnp.float32) / 255.0   # (B, V, S, S, 3)
-    return [images[:, v] for v in range(images.shape[1])]
+  def crops(self, keys, local_keys, images):
+    local = None
+    if isinstance(images, dict):
+      images, local = images["global"], images["local"]
+    if images.shape[1] != self.num_global or (local is None) != (not self.num_local) or (
+        local is not None and local.shape[1] != self.num_local):
+      raise ValueError(f"host crops: expected {self.num_global} global and {self.num_local} "
+                       f"local crops per image, got {images.shape} and "
+                       f"{None if local is None else local.shape}")
+    out = [images[:, v].astype(jnp.float32) / 255.0 for v in range(self.num_global)]
+    if local is not None:
+      out += [local[:, j].astype(jnp.float32) / 255.0 for j in range(self.num_local)]
+    return out
 
 
 RECIPES = {"cifar": DeviceCropRecipe, "mocov3": HostCropRecipe}
+
+
+def check_local_views(cfg, image_size: int) -> int:
+  """``aug.num_local`` after checking the local-view keys; one line naming the key if not."""
+  num = cfg.get("num_local", 0) or 0
+  if num < 0 or int(num) != num:
+    raise ConfigError(f"config.aug.num_local={num}: expected a whole number >= 0")
+  if not num:
+    return 0
+  size = cfg.local_size
+  if size is None or not 0 < size <= image_size:
+    raise ConfigError(f"config.aug.local_size={size}: with config.aug.num_local={num} set it "
+                      f"to the local views' side, at most data.image_size={image_size}")
+  lo, hi = cfg.local_crop_scale
+  if not 0 < lo <= hi <= 1:
+    raise ConfigError(f"config.aug.local_crop_scale={tuple(cfg.local_crop_scale)}: expected "
+                      "0 < low <= high <= 1")
+  return int(num)
 
 
 def get_recipe(cfg, image_size: int, seed: int) -> Recipe:

@@ -11,10 +11,21 @@ the reverse,
 with ``lamda_inv = m eps² / d`` warmed up linearly from ``8 lamda_inv`` over the first 10
 epochs (per step), ``m`` the global batch and ``d`` the embedding width.
 
+Multi-crop pairing (``config.aug.num_local = L > 0``): every view's online prediction
+against each global teacher output other than its own view (``pairing.to_globals``): the
+two globals crossed as above, and each local view against both global teachers; the teacher
+forwards the global views only. The loss is the mean over these ``2 (1 + L)`` pairs,
+
+    loss = 1 / (2 (1 + L)) Σ_{g ∈ {1,2}} Σ_{v ≠ g} mec_loss(t_g, o_v),
+
+so ``L = 0`` is the two-view loss above, term for term. Every pair has ``m`` rows, so
+``lamda_inv`` is unchanged.
+
 Logged: ``mec`` = ``mu (T1 + T2) / 2m`` with ``mu = (m + d) / 2`` (the paper's per-sample coding
-length, which never enters the gradient), ``lamda_inv``, ``c_norm`` (an estimate of ``||C||_2``
-of the first pairing: the Taylor series diverges at 1) and ``pos_cosine`` (the
-mean cosine of the positive pairs; the order-1 term of the loss is minus it).
+length, which never enters the gradient; with local views ``mu`` times the pair-mean of
+``T / m``), ``lamda_inv``, ``c_norm`` (an estimate of ``||C||_2`` of the first pairing: the
+Taylor series diverges at 1) and ``pos_cosine`` (the mean cosine of the positive pairs, over
+all pairs; the order-1 term of the loss is minus it).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import jax.numpy as jnp
 
 from mecjax import losses
 from mecjax.losses.mec import l2_normalize
+from mecjax.methods import pairing
 from mecjax.methods.base import Method
 from mecjax.methods.regularizers import lamda_inv_schedule
 
@@ -41,28 +53,27 @@ class MEC(Method):
     self.lamda_inv = lamda_inv_schedule(config.mec, run, self.out_dim)
 
   def objective(self, params, state, target, views, step):
-    if len(views) != 2:
-      raise ValueError(f"MEC pairs two global views, got {len(views)}")
+    self.check_views(views)
     online, batch_stats = self.forward_views(params, state["batch_stats"], views)
-    teacher, target_stats = self.forward_views(target, state["target_batch_stats"], views,
-                                               method="embed")
+    teacher, target_stats = self.forward_views(target, state["target_batch_stats"],
+                                               views[:self.num_global], method="embed")
     t = [jax.lax.stop_gradient(o["embedding"]) for o in teacher]
     o = [out["prediction"] for out in online]
+    pairs = [(t[g], o[v]) for g, v in pairing.to_globals(len(views), self.num_global)]
 
     lamda_inv = self.lamda_inv(step)
     order = self.config.mec.order
-    l12 = losses.mec_loss(t[0], o[1], lamda_inv=lamda_inv, order=order)
-    l21 = losses.mec_loss(t[1], o[0], lamda_inv=lamda_inv, order=order)
-    loss = (l12 + l21) / 2
+    loss = sum(losses.mec_loss(a, b, lamda_inv=lamda_inv, order=order)
+               for a, b in pairs) / len(pairs)
 
     cosine = lambda a, b: jnp.mean(jnp.sum(l2_normalize(a) * l2_normalize(b), axis=-1))
     metrics = {
         # T = -(m / lamda_inv) mec_loss, so mu (T1 + T2) / 2m = -mu loss / lamda_inv.
         "mec": jax.lax.stop_gradient(-self.mu * loss / lamda_inv),
         "lamda_inv": lamda_inv,
-        "c_norm": losses.mec_spectral_norm(t[0], o[1], lamda_inv=lamda_inv),
+        "c_norm": losses.mec_spectral_norm(*pairs[0], lamda_inv=lamda_inv),
         # The order-1 term of the loss is minus this mean positive-pair cosine.
-        "pos_cosine": jax.lax.stop_gradient((cosine(t[0], o[1]) + cosine(t[1], o[0])) / 2),
+        "pos_cosine": jax.lax.stop_gradient(sum(cosine(a, b) for a, b in pairs) / len(pairs)),
     }
     state = {"batch_stats": batch_stats, "target_batch_stats": target_stats}
     # MEC's own pairs are (teacher, online); E2MC acts on the online embeddings.

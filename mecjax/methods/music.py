@@ -5,6 +5,10 @@ two views; the joint distribution ``P`` is taken over the global batch.
 Logged: ``music_diagonal``, ``music_off_diagonal``, ``music_invariance`` (the unweighted
 terms, ``loss = diagonal + off_diagonal + invariance_weight * invariance``) and
 ``music_bound`` = ``-3 ln D_S``, the value at the ideal code (the loss stays above it).
+
+Multi-crop: refused (``config.aug.num_local > 0`` stops with a ConfigError): the objective
+is the joint distribution of one pair of twin views, its bound and terms are stated for that
+pair, and the MUSIC recipes use two views with no multi-crop result to reproduce.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from mecjax.methods.base import Method
 
 class MUSIC(Method):
   name = "music"
+  refuses_local_views = ("its objective is the joint distribution of one pair of twin views; "
+                         "the MUSIC recipes have no multi-crop")
 
   def __init__(self, config, run):
     super().__init__(config, run)

@@ -4,6 +4,12 @@ global batch of projector ("expander") outputs; no predictor, no EMA, no stop-gr
 Barlow Twins: ``scale * barlow_twins_loss(z1, z2, lambd)`` (official scale 1; solo-learn's
 CIFAR recipe scales by 0.1). VICReg: ``vicreg_terms`` with its weights; the three unweighted
 terms are logged as ``vicreg_invariance``, ``vicreg_variance``, ``vicreg_covariance``.
+
+Multi-crop: both refuse local views (``config.aug.num_local > 0`` stops with a ConfigError).
+VICReg's authors report that they could not make multi-crop work with the VICReg criterion
+on ResNet encoders (VICRegL, Bardes et al. 2022, section 3.2); Barlow Twins' criterion is of
+the same kind (statistics of batch-standardised embeddings) and has no published multi-crop
+recipe to reproduce, so neither gets a pairing rule of our own invention.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from mecjax.methods.base import Method
 
 class BarlowTwins(Method):
   name = "barlow_twins"
+  refuses_local_views = ("a batch-statistics criterion like VICReg's, with no published "
+                         "multi-crop recipe")
 
   def objective(self, params, state, target, views, step):
     self.check_views(views)
@@ -28,6 +36,8 @@ class BarlowTwins(Method):
 
 class VICReg(Method):
   name = "vicreg"
+  refuses_local_views = ("its authors could not optimise the VICReg criterion with multi-crop "
+                         "on ResNets, VICRegL section 3.2")
 
   def objective(self, params, state, target, views, step):
     self.check_views(views)

@@ -1,8 +1,10 @@
 """Additive regularisers on another method's embeddings (``config.regularizer``).
 
 Each is called as ``regularizer(pairs, embeddings, step) -> (loss, metrics)``: ``pairs`` are
-the (a, b) pairs the method's objective names (with its stop-gradients), ``embeddings`` the
-online embeddings of its views (projector output before any normalisation, with gradient).
+the (a, b) pairs the method's objective names (with its stop-gradients; with multi-crop they
+include the local views' pairs, by the method's own pairing rule), ``embeddings`` the online
+embeddings of its global views (projector output before any normalisation, with gradient;
+local views never reach E2MC).
 
 ``mec``: the MEC loss of the official code on each pair the method names, averaged over the
 pairs, with ``config.mec`` (eps_sq, order, lamda_inv warm-up) as for MEC itself. The MEC paper

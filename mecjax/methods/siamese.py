@@ -9,6 +9,13 @@ momentum ``config.ema``), run with batch statistics; ``loss = L(p1, t2) + L(p2, 
 ``L = 2 - 2 mean cos``, the sum of the two directions as the official code and solo-learn
 compute it.
 
+Multi-crop pairing (``config.aug.num_local = L > 0``), as MEC's: every view's prediction
+against the target of each global view other than itself (``pairing.to_globals``: the two
+globals crossed, each local view against both global targets; targets come from global
+views only, and BYOL's target network forwards only them). SimSiam takes the mean of ``D``
+over the ``2 (1 + L)`` pairs; BYOL the mean of ``L`` times 2, keeping the scale of its
+two-direction sum. ``L = 0`` gives the losses above.
+
 Both log ``pos_cosine``, the mean cosine of the (prediction, target) pairs.
 """
 
@@ -19,6 +26,7 @@ import jax.numpy as jnp
 
 from mecjax import losses
 from mecjax.losses.siamese import cosine
+from mecjax.methods import pairing
 from mecjax.methods.base import Method
 
 
@@ -32,10 +40,10 @@ class SimSiam(Method):
   def objective(self, params, state, target, views, step):
     self.check_views(views)
     online, batch_stats = self.forward_views(params, state["batch_stats"], views)
-    (p1, p2), (z1, z2) = ([o[k] for o in online] for k in ("prediction", "embedding"))
     sg = jax.lax.stop_gradient
-    pairs = [(p1, sg(z2)), (p2, sg(z1))]
-    loss = (losses.simsiam_loss(p1, z2) + losses.simsiam_loss(p2, z1)) / 2
+    pairs = [(online[v]["prediction"], sg(online[g]["embedding"]))
+             for g, v in pairing.to_globals(len(views), self.num_global)]
+    loss = sum(losses.simsiam_loss(p, z) for p, z in pairs) / len(pairs)
     metrics = {"pos_cosine": _pos_cosine(pairs)}
     return loss, self.output(metrics, {"batch_stats": batch_stats}, online), pairs
 
@@ -47,12 +55,13 @@ class BYOL(Method):
   def objective(self, params, state, target, views, step):
     self.check_views(views)
     online, batch_stats = self.forward_views(params, state["batch_stats"], views)
-    teacher, target_stats = self.forward_views(target, state["target_batch_stats"], views,
-                                               method="embed")
-    p1, p2 = (o["prediction"] for o in online)
-    t1, t2 = (jax.lax.stop_gradient(t["embedding"]) for t in teacher)
-    pairs = [(p1, t2), (p2, t1)]
-    loss = losses.byol_loss(p1, t2) + losses.byol_loss(p2, t1)
+    teacher, target_stats = self.forward_views(target, state["target_batch_stats"],
+                                               views[:self.num_global], method="embed")
+    t = [jax.lax.stop_gradient(out["embedding"]) for out in teacher]
+    pairs = [(online[v]["prediction"], t[g])
+             for g, v in pairing.to_globals(len(views), self.num_global)]
+    # The mean over pairs times 2: the official two-direction sum when there are two views.
+    loss = 2 * sum(losses.byol_loss(p, z) for p, z in pairs) / len(pairs)
     metrics = {"pos_cosine": _pos_cosine(pairs)}
     state = {"batch_stats": batch_stats, "target_batch_stats": target_stats}
     return loss, self.output(metrics, state, online), pairs

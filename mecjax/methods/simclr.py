@@ -2,6 +2,11 @@
 2N - 2 negatives per anchor, the mean over the 2N anchors, as solo-learn computes it; the
 TensorFlow original reports twice this).
 
+Multi-crop pairing (``config.aug.num_local = L > 0``): each local view with each global view,
+and the two globals together (``pairing.with_globals``, ``1 + 2L`` pairs), each pair's NT-Xent
+over its own ``2N`` rows, the loss their mean (``L = 0``: the loss above). This is how the
+SwAV paper (Fig. 3 and appendix A.8) applies multi-crop to SimCLR, with a +2.4 point gain.
+
 Logged: ``pos_cosine`` (mean cosine of the positive pairs) and ``contrastive_acc``, the share of
 anchors whose positive is their most similar other row (the official ``contrast_acc``).
 """
@@ -14,6 +19,7 @@ import jax.numpy as jnp
 from mecjax import losses
 from mecjax.losses.mec import l2_normalize
 from mecjax.losses.siamese import cosine
+from mecjax.methods import pairing
 from mecjax.methods.base import Method
 
 
@@ -32,9 +38,12 @@ class SimCLR(Method):
   def objective(self, params, state, target, views, step):
     self.check_views(views)
     online, batch_stats = self.forward_views(params, state["batch_stats"], views)
-    z1, z2 = (o["embedding"] for o in online)
-    loss = losses.infonce_loss(z1, z2, temperature=self.config.simclr.temperature)
+    z = [o["embedding"] for o in online]
+    pairs = [(z[a], z[b]) for a, b in pairing.with_globals(len(views), self.num_global)]
+    temperature = self.config.simclr.temperature
+    loss = sum(losses.infonce_loss(a, b, temperature=temperature) for a, b in pairs) / len(pairs)
     sg = jax.lax.stop_gradient
-    metrics = {"pos_cosine": sg(jnp.mean(cosine(z1, z2))),
-               "contrastive_acc": sg(contrastive_accuracy(z1, z2))}
-    return loss, self.output(metrics, {"batch_stats": batch_stats}, online), [(z1, z2)]
+    mean = lambda f: sg(sum(f(a, b) for a, b in pairs) / len(pairs))
+    metrics = {"pos_cosine": mean(lambda a, b: jnp.mean(cosine(a, b))),
+               "contrastive_acc": mean(contrastive_accuracy)}
+    return loss, self.output(metrics, {"batch_stats": batch_stats}, online), pairs

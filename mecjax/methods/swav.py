@@ -17,6 +17,13 @@ prototypes (``K`` unit-norm vectors, a ``(d, K)`` kernel without bias). Each ste
   ``queue_size`` rounded down to a multiple of the global batch, as the official code does.
 
 The queue and its fill count are method state (checkpointed, replicated).
+
+Multi-crop pairing (``config.aug.num_local = L > 0``, SwAV's own multi-crop): codes come from
+the two global views only (and only they enter the queue); every view, local ones included,
+predicts the code of each global view other than itself, and ``swav_loss`` averages the
+``2 (1 + L)`` cross-entropies as the official loop does (per code view over its ``V - 1``
+predicting views, then over the code views). The pairs handed to a regulariser are the
+embedding pairs with a global view (``pairing.with_globals``; ``(z1, z2)`` with two views).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from mecjax import losses
 from mecjax import models
 from mecjax.losses.mec import l2_normalize
 from mecjax.models.heads import linear_init
+from mecjax.methods import pairing
 from mecjax.methods.base import Method, SSLNet, mlp_head
 
 
@@ -69,7 +77,7 @@ class SwAV(Method):
   def init(self, rng, image_shape):
     params, state = super().init(rng, image_shape)
     if self.queue_len:
-      state["queue"] = jnp.zeros((2, self.queue_len, self.width), jnp.float32)
+      state["queue"] = jnp.zeros((self.num_global, self.queue_len, self.width), jnp.float32)
       state["queue_filled"] = jnp.zeros([], jnp.int32)
     return params, state
 
@@ -92,7 +100,7 @@ class SwAV(Method):
     sg = jax.lax.stop_gradient
     new_state = {"batch_stats": batch_stats}
     codes = []
-    for i, s in enumerate(scores):
+    for i, s in enumerate(scores[:self.num_global]):   # codes of the global views only
       s = sg(s)
       if self.queue_len:
         queued = sg(state["queue"][i] @ kernel)
@@ -112,7 +120,7 @@ class SwAV(Method):
       active = step >= self.queue_start
       batch = embeddings[0].shape[0]
       pushed = jnp.stack([jnp.concatenate([sg(e), q[:-batch]])
-                          for e, q in zip(embeddings, state["queue"])])
+                          for e, q in zip(embeddings[:self.num_global], state["queue"])])
       new_state["queue"] = jnp.where(active, pushed, state["queue"])
       new_state["queue_filled"] = jnp.where(
           active, jnp.minimum(state["queue_filled"] + batch, self.queue_len),
@@ -123,5 +131,6 @@ class SwAV(Method):
     mean_code = jnp.mean(codes[0], axis=0)
     metrics["code_perplexity"] = jnp.exp(-jnp.sum(mean_code * jnp.log(mean_code + 1e-12)))
     # The embedding for E2MC and the monitors is the un-normalised head output.
+    z = [o["embedding"] for o in online]
     return loss, self.output(metrics, new_state, online), \
-        [(online[0]["embedding"], online[1]["embedding"])]
+        [(z[a], z[b]) for a, b in pairing.with_globals(len(views), self.num_global)]

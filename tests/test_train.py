@@ -118,15 +118,35 @@ def test_kill_9_then_rerun_resumes_and_ends_like_an_uninterrupted_run(
   assert_same_metrics(smoke_run[0], workdir, rtol=1e-6)
 
 
-def test_two_processes_match_one_process(smoke_run, tmp_path, cifar_path, compile_cache):
+def test_two_processes_killed_and_relaunched_match_one_process(smoke_run, tmp_path, cifar_path,
+                                                               compile_cache):
+  """launch/local.sh 2 (each process feeds half of the global batch): a kill -9 of one
+  process once a checkpoint exists fails the launch and stops the other; the same command
+  resumes both, and the run ends with the 1-process run's metrics (one launch serves both
+  checks, since a resume is bit-for-bit)."""
   workdir = tmp_path / "two"
-  env = cli_env(1, compile_cache)
-  proc = subprocess.run(["bash", "launch/local.sh", "2", f"--config={CIFAR_SMOKE}",
-                         f"--workdir={workdir}", f"--config.data.path={cifar_path}"],
-                        cwd=REPO, env={**env, "PYTHON": sys.executable}, capture_output=True,
-                        text=True, timeout=900)
-  ok(proc)
-  assert "2 process(es), 2 device(s)" in proc.stdout
+  cmd = ["bash", "launch/local.sh", "2", f"--config={CIFAR_SMOKE}", f"--workdir={workdir}",
+         f"--config.data.path={cifar_path}"]
+  env = {**cli_env(1, compile_cache), "PYTHON": sys.executable}
+  err_path = tmp_path / "first_launch.err"
+  with open(err_path, "w") as err:
+    launcher = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + 600
+    while not checkpoints(workdir) and launcher.poll() is None and time.time() < deadline:
+      time.sleep(0.05)
+    first_err = err_path.read_text()
+    assert launcher.poll() is None, f"the launch ended before a checkpoint\n{first_err[-3000:]}"
+    # local.sh prints "launch/local.sh: process I: pid P" for each process it starts.
+    pids = dict(line.split("process ", 1)[1].split(": pid ")
+                for line in first_err.splitlines() if ": pid " in line)
+    os.kill(int(pids["1"]), signal.SIGKILL)
+    launcher.wait(timeout=120)
+  assert launcher.returncode == 137, err_path.read_text()[-3000:]
+  assert not Path(f"/proc/{pids['0']}").exists(), "process 0 outlived the launcher"
+  assert checkpoints(workdir) and checkpoints(workdir)[-1] < 12, checkpoints(workdir)
+  resumed = ok(subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=900))
+  assert "2 process(es), 2 device(s)" in resumed.stdout and "resumed from" in resumed.stdout
   assert_same_metrics(smoke_run[0], workdir, acc_atol=1 / 128, late_rtol=2e-3)
   assert checkpoints(workdir) == [5, 10, 12]
 

@@ -131,65 +131,50 @@ def run(config, workdir: str) -> dict:
   recipe = data_lib.get_recipe(config.aug, dcfg.image_size, config.seed)
   encoder, variables = downstream.load_encoder(config, source)
   load_split = lambda split, n: downstream.load_split(config, split, n)
-  head = downstream.LinearHead(0, config.linear.bn_eps)   # num_outputs set below
 
+  meta = downstream.base_meta(config, "linear", source, 0)
+  meta["cache_features"] = bool(config.linear.cache_features)
   if config.linear.cache_features:
     get = lambda split, n: cached_features(workdir, config, source, split, n, load_split,
                                            encoder, variables, recipe, mesh)
     train_x, train_y, num_outputs = get(dcfg.train_split, dcfg.max_train_examples)
     eval_x, eval_y, _ = get(dcfg.eval_split, dcfg.max_eval_examples)
-    head = downstream.LinearHead(num_outputs, config.linear.bn_eps)
-    feature_shape = (2, train_x.shape[1])
-    make_input = lambda total: FeatureInput(train_x, train_y, global_batch=config.batch_size,
-                                            seed=config.seed, mesh=mesh)
-    train_size, frozen = len(train_x), None
+    return feature_probe(config, workdir, (train_x, train_y), (eval_x, eval_y), num_outputs,
+                         dict(meta, num_outputs=num_outputs))
+  # Augmented: a crop + flip of each image through the frozen encoder at every step.
+  train_src = load_split(dcfg.train_split, dcfg.max_train_examples)
+  eval_src = load_split(dcfg.eval_split, dcfg.max_eval_examples)
+  num_outputs = len(train_src.classes)
+  head = downstream.LinearHead(num_outputs, config.linear.bn_eps)
+  size = dcfg.image_size
+  feature_shape = jax.eval_shape(
+      lambda v: encoder.apply(v, np.zeros((2, size, size, 3), np.float32), train=False),
+      variables).shape
+  frozen, train_size = variables, len(train_src)
+  make_input = lambda total: data_lib.TrainInput(
+      train_src, global_batch=config.batch_size, seed=config.seed, mesh=mesh,
+      total_steps=total, host_transform=recipe.host_transform(),
+      threads=dcfg.host_threads, prefetch=dcfg.prefetch_batches)
 
-    def logits(params, batch_stats, frozen, batch, step, key, train):
-      return _apply_head(head, params, batch_stats, batch["features"], train)
+  def logits(params, batch_stats, frozen, batch, step, key, train):
+    views = downstream.train_view(recipe, batch["image"], batch["index"], step, key)
+    features = jax.lax.stop_gradient(encoder.apply(frozen, views, train=False))
+    return _apply_head(head, params, batch_stats, features, train)
 
-    predict = jax.jit(lambda p, bs, x: head.apply({"params": p, "batch_stats": bs}, x))
+  def predict(frozen, params, batch_stats, images):
+    features = encoder.apply(frozen, recipe.eval_view(images), train=False)
+    return head.apply({"params": params, "batch_stats": batch_stats}, features)
+  predict = jax.jit(predict)
 
-    def evaluate(state):
-      chunk = max(config.eval_batch_size, 1)
-      scores = np.concatenate([downstream.to_host(predict(
-          state.params, state.batch_stats, eval_x[i:i + chunk]))
-          for i in range(0, len(eval_x), chunk)])
-      return scores, eval_y
-  else:
-    train_src = load_split(dcfg.train_split, dcfg.max_train_examples)
-    eval_src = load_split(dcfg.eval_split, dcfg.max_eval_examples)
-    num_outputs = len(train_src.classes)
-    head = downstream.LinearHead(num_outputs, config.linear.bn_eps)
-    size = dcfg.image_size
-    feature_shape = jax.eval_shape(
-        lambda v: encoder.apply(v, np.zeros((2, size, size, 3), np.float32), train=False),
-        variables).shape
-    frozen, train_size = variables, len(train_src)
-    make_input = lambda total: data_lib.TrainInput(
-        train_src, global_batch=config.batch_size, seed=config.seed, mesh=mesh,
-        total_steps=total, host_transform=recipe.host_transform(),
-        threads=dcfg.host_threads, prefetch=dcfg.prefetch_batches)
-
-    def logits(params, batch_stats, frozen, batch, step, key, train):
-      views = downstream.train_view(recipe, batch["image"], batch["index"], step, key)
-      features = jax.lax.stop_gradient(encoder.apply(frozen, views, train=False))
-      return _apply_head(head, params, batch_stats, features, train)
-
-    def predict(frozen, params, batch_stats, images):
-      features = encoder.apply(frozen, recipe.eval_view(images), train=False)
-      return head.apply({"params": params, "batch_stats": batch_stats}, features)
-    predict = jax.jit(predict)
-
-    def evaluate(state):
-      return downstream.map_eval_batches(predict, (frozen, state.params, state.batch_stats),
-                                         eval_src, config, recipe, mesh)
+  def evaluate(state):
+    return downstream.map_eval_batches(predict, (frozen, state.params, state.batch_stats),
+                                       eval_src, config, recipe, mesh)
 
   def init(key):
     variables = head.init(key, np.zeros(feature_shape, np.float32), train=False)
     return variables["params"], variables.get("batch_stats", {})
 
-  meta = downstream.base_meta(config, "linear", source, num_outputs)
-  meta["cache_features"] = bool(config.linear.cache_features)
+  meta["num_outputs"] = num_outputs
   return downstream.fit(config, workdir, downstream.Classification(
       prefix=PREFIX, init=init, initial=None, logits=logits, frozen=frozen,
       make_input=make_input, train_size=train_size, evaluate=evaluate, meta=meta))
@@ -202,3 +187,37 @@ def _apply_head(head, params, batch_stats, features, train):
   out, mutated = head.apply(variables, features, train=True, mutable=["batch_stats"])
   return out, mutated["batch_stats"]
 
+
+def feature_probe(config, workdir: str, train, evaluation, num_outputs: int,
+                  meta: dict) -> dict:
+  """The probe on given features: ``train`` and ``evaluation`` are host arrays
+  ``(features (N, F), labels)``; the head trains on ``train`` in global batches
+  (``FeatureInput``) and is scored on ``evaluation``. ``meta`` names what the features are
+  (checked on resume). Also the entry point of a probe on other features (the pixel
+  baseline of benchmarks/bench_eval.py)."""
+  mesh = parallel.make_mesh()
+  train_x, train_y = train
+  eval_x, eval_y = evaluation
+  head = downstream.LinearHead(num_outputs, config.linear.bn_eps)
+
+  def logits(params, batch_stats, frozen, batch, step, key, train):
+    return _apply_head(head, params, batch_stats, batch["features"], train)
+
+  predict = jax.jit(lambda p, bs, x: head.apply({"params": p, "batch_stats": bs}, x))
+
+  def evaluate(state):
+    chunk = max(config.eval_batch_size, 1)
+    scores = np.concatenate([downstream.to_host(predict(
+        state.params, state.batch_stats, eval_x[i:i + chunk]))
+        for i in range(0, len(eval_x), chunk)])
+    return scores, eval_y
+
+  def init(key):
+    variables = head.init(key, np.zeros((2, train_x.shape[1]), np.float32), train=False)
+    return variables["params"], variables["batch_stats"]
+
+  make_input = lambda total: FeatureInput(train_x, train_y, global_batch=config.batch_size,
+                                          seed=config.seed, mesh=mesh)
+  return downstream.fit(config, workdir, downstream.Classification(
+      prefix=PREFIX, init=init, initial=None, logits=logits, frozen=None,
+      make_input=make_input, train_size=len(train_x), evaluate=evaluate, meta=meta))

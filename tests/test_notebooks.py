@@ -1,5 +1,6 @@
 """Every notebook executes top to bottom in smoke mode (MECJAX_NOTEBOOK_SMOKE=1), with the
-shared (or synthetic) CIFAR-10 archive, and is stored with its outputs stripped."""
+shared (or synthetic) CIFAR-10 archive; each starts with the cell that installs mecjax and is
+stored with its outputs stripped."""
 
 from __future__ import annotations
 
@@ -14,14 +15,32 @@ from mecjax.metric_writers import read_metrics
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
+# What each notebook leaves under MECJAX_WORKDIR: {run directory: metrics its last row has},
+# and the pictures it writes (shown inline).
+EXPECTED = {
+    "mec_cifar10.ipynb": ({"mec_smoke": ("knn_top1", "probe_top1"),
+                           "mec_smoke_linear": ("linear_top1", "linear_top5")}, []),
+    "music_cifar10.ipynb": ({"music_smoke": ("knn_top1", "music_diagonal")},
+                            ["music_smoke/plots/music_p.png", "music_smoke/plots/tsne.png"]),
+    "e2mc_cifar10.ipynb": ({"vicreg_smoke": ("knn_top1",),
+                            "e2mc_vicreg_smoke": ("knn_top1", "reg_entropy"),
+                            "continued_vicreg_smoke": ("knn_top1",)},
+                           ["e2mc_vicreg_smoke/plots/e2mc_dims.png",
+                            "e2mc_vicreg_smoke/plots/e2mc_neighbours.png"]),
+}
 
-def test_there_are_notebooks():
-  assert [p.name for p in NOTEBOOKS] == ["mec_cifar10.ipynb"]
+
+def test_every_notebook_has_its_checks():
+  assert sorted(p.name for p in NOTEBOOKS) == sorted(EXPECTED)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_is_stored_without_outputs(path):
+def test_notebook_starts_by_installing_and_is_stored_without_outputs(path):
   nb = json.loads(path.read_text())
+  first = nb["cells"][0]
+  source = "".join(first["source"])
+  assert first["cell_type"] == "code" and "git" in source and "clone" in source
+  assert "pip" in source and "requirements.txt" in source
   for cell in nb["cells"]:
     if cell["cell_type"] == "code":
       assert cell["outputs"] == [] and cell["execution_count"] is None, path.name
@@ -29,15 +48,21 @@ def test_notebook_is_stored_without_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_in_smoke_mode(path, tmp_path, cifar_path, compile_cache, monkeypatch):
-  workdir = tmp_path / "run"
+  runs = tmp_path / "runs"
   env = cli_env(1, compile_cache, {"MECJAX_NOTEBOOK_SMOKE": "1", "MECJAX_DATA": cifar_path,
-                                   "MECJAX_WORKDIR": str(workdir)})
+                                   "MECJAX_WORKDIR": str(runs)})
   for key, value in env.items():
     monkeypatch.setenv(key, value)
   nb = nbformat.read(path, as_version=4)
-  NotebookClient(nb, timeout=300, kernel_name="python3",
+  NotebookClient(nb, timeout=600, kernel_name="python3",
                  resources={"metadata": {"path": str(path.parent)}}).execute()
-  rows = read_metrics(str(workdir))
-  assert rows[-1]["step"] == 12 and "knn_top1" in rows[-1]
-  # The plot cell drew its figure.
-  assert any(o.get("output_type") == "display_data" for o in nb.cells[-1].outputs)
+  run_metrics, pictures = EXPECTED[path.name]
+  for run, keys in run_metrics.items():
+    last = read_metrics(str(runs / run))[-1]
+    assert all(k in last for k in keys), (run, sorted(last))
+  for picture in pictures:
+    assert (runs / picture).stat().st_size > 1000, picture
+  # The plot cells drew their figures inline.
+  images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if o.get("output_type") == "display_data" and "image/png" in o.get("data", {})]
+  assert len(images) >= 1 + len(pictures)

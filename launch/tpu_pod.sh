@@ -46,13 +46,13 @@ done
 [[ -z $repo_url || $setup == 1 ]] || die "--repo=URL is used only with --setup"
 [[ $dir =~ ^[A-Za-z0-9_.][A-Za-z0-9_./-]*$ ]] || die "--dir=$dir: use a plain path relative to the workers' home"
 [[ $python =~ ^[A-Za-z0-9_./-]+$ ]] || die "--python=$python: name an interpreter (python3.11, /usr/bin/python3)"
+workdir=""
 for arg in "$@"; do
-  # train.py writes its run directory through the local file system.
-  [[ $arg == --workdir=gs://* ]] && die "$arg: the run directory must be a path every worker mounts (gcsfuse, NFS), not a gs:// URL"
+  [[ $arg == --workdir=* ]] && workdir=${arg#*=}
 done
-if [[ $# -gt 0 ]] && ! printf '%s\n' "$@" | grep -q '^--workdir='; then
-  die "mecjax.main needs --workdir=DIR (a directory every worker sees)"
-fi
+[[ $# -eq 0 || -n $workdir ]] || die "mecjax.main needs --workdir=DIR (a directory every worker sees)"
+# train.py writes its run directory through the file system.
+[[ $workdir != gs://* ]] || die "--workdir=$workdir: the run directory must be a path every worker mounts (gcsfuse, NFS), not a gs:// URL"
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 commit=$(git -C "$root" rev-parse HEAD)

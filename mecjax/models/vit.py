@@ -115,8 +115,8 @@ class Attention(nn.Module):
     b, n, width = x.shape
     heads = self.num_heads
     qkv = nn.Dense(3 * width, kernel_init=qkv_init, dtype=self.dtype, name="qkv")(x)
-    q, k, v = jnp.split(qkv.reshape(b, n, 3, heads, width // heads), 3, axis=2)
-    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]          # (b, n, heads, head_dim)
+    qkv = qkv.reshape(b, n, 3, heads, width // heads)   # timm's layout of the fused output
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (b, n, heads, head_dim)
     q = q * jnp.asarray((width // heads) ** -0.5, q.dtype)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)

@@ -36,8 +36,12 @@ def images(n=6, side=32, seed=0):
 def test_device_crop_views_globals_then_locals():
   x = jnp.asarray(images())
   index, key = jnp.arange(20, 26), jax.random.key(4)
-  plain = augment.get_recipe(aug_cfg(), 32, seed=0)
-  r = augment.get_recipe(aug_cfg(num_local=3, local_size=16), 32, seed=0)
+  # Crops, flips and solarize only (the colour ops' draws are tested in test_data.py): the
+  # views differ by their crops alone, and compile in seconds.
+  colour = dict(jitter_prob=0.0, grayscale_prob=0.0)
+  plain = augment.get_recipe(aug_cfg(**colour), 32, seed=0)
+  r = augment.get_recipe(aug_cfg(num_local=3, local_size=16, local_solarize_prob=0.5,
+                                 **colour), 32, seed=0)
   views = jax.jit(lambda x, i: r.views(x, i, 3, key))   # one compilation for both calls
   out = views(x, index)
   assert [v.shape for v in out] == [(6, 32, 32, 3)] * 2 + [(6, 16, 16, 3)] * 3
@@ -148,31 +152,42 @@ def mec_outputs(method, params, state, views):
 
 def test_mec_two_views_is_the_official_crossed_loss():
   method, params, state = build("mec_cifar10.py:smoke")
-  v, step = make_views(0), jnp.int32(2)
-  loss, _ = method.loss(params, state, params, v, step)
-  t, o = mec_outputs(method, params, state, v)
+  step = jnp.int32(2)
   lamda_inv = float(method.lamda_inv(step))
-  # Exactly the two-view expression the method had before multi-crop ...
-  before = (losses.mec_loss(t[0], o[1], lamda_inv=lamda_inv, order=4) +
-            losses.mec_loss(t[1], o[0], lamda_inv=lamda_inv, order=4)) / 2
-  assert float(loss) == float(before)
-  # ... which is the official -(lamda_inv / 2m) (T(t1, o2) + T(t2, o1)).
+
+  @jax.jit   # one compilation instead of the forward's ops one by one
+  def run(params, views):
+    loss, _ = method.loss(params, state, params, views, step)
+    t, o = mec_outputs(method, params, state, views)
+    # The two-view expression the method had before multi-crop.
+    before = (losses.mec_loss(t[0], o[1], lamda_inv=lamda_inv, order=4) +
+              losses.mec_loss(t[1], o[0], lamda_inv=lamda_inv, order=4)) / 2
+    return loss, before, t, o
+
+  loss, before, t, o = run(params, make_views(0))
+  np.testing.assert_allclose(float(loss), float(before), rtol=2e-7)
+  # It is the official -(lamda_inv / 2m) (T(t1, o2) + T(t2, o1)).
   want = (official_mec(t[0], o[1], lamda_inv) + official_mec(t[1], o[0], lamda_inv)) / 2
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
 
 
 def test_mec_multicrop_loss_is_the_mean_over_its_pairs():
   method, params, state = build("mec_cifar10.py:smoke", num_local=3)
-  v, step = make_views(3, seed=1), jnp.int32(5)
-  loss, out = method.loss(params, state, params, v, step)
-  # Locals are one batch of 3B rows: their outputs are the concatenated forward's, split.
-  online, _ = method.forward_views(params, state["batch_stats"], v)
-  joint = method.net.apply({"params": params, "batch_stats": state["batch_stats"]},
-                           jnp.concatenate(v[2:]), train=True, mutable=["batch_stats"])[0]
-  np.testing.assert_allclose(np.concatenate([np.asarray(o["prediction"]) for o in online[2:]]),
-                             np.asarray(joint["prediction"]), rtol=1e-5, atol=1e-6)
-  t, o = mec_outputs(method, params, state, v)
+  step = jnp.int32(5)
   lamda_inv = float(method.lamda_inv(step))
+
+  @jax.jit
+  def run(params, views):
+    loss, out = method.loss(params, state, params, views, step)
+    online, _ = method.forward_views(params, state["batch_stats"], views)
+    joint = method.net.apply({"params": params, "batch_stats": state["batch_stats"]},
+                             jnp.concatenate(views[2:]), train=True, mutable=["batch_stats"])[0]
+    return loss, out, online, joint, mec_outputs(method, params, state, views)
+
+  loss, out, online, joint, (t, o) = run(params, make_views(3, seed=1))
+  # Locals are one batch of 3B rows: their outputs are the concatenated forward's, split.
+  np.testing.assert_allclose(np.concatenate([np.asarray(x["prediction"]) for x in online[2:]]),
+                             np.asarray(joint["prediction"]), rtol=1e-5, atol=1e-6)
   stated = [(0, 1), (1, 0)] + [(g, v) for v in (2, 3, 4) for g in (0, 1)]
   assert sorted(pairing.to_globals(5)) == sorted(stated)
   want = np.mean([official_mec(t[g], o[v], lamda_inv) for g, v in stated])

@@ -282,8 +282,12 @@ class Recipe:
     for v, x in enumerate(crops):
       k = colour[v]
       blur, solarize = self._view_probs(v)
-      x = color_jitter(k[:, 0], x, cfg.jitter, cfg.jitter_prob)
-      x = random_grayscale(k[:, 1], x, cfg.grayscale_prob)
+      # An op whose probability is 0 returns its input unchanged: skip it (its keys stay
+      # reserved, so the other draws do not move).
+      if cfg.jitter_prob > 0:
+        x = color_jitter(k[:, 0], x, cfg.jitter, cfg.jitter_prob)
+      if cfg.grayscale_prob > 0:
+        x = random_grayscale(k[:, 1], x, cfg.grayscale_prob)
       if blur > 0:
         x = random_blur(k[:, 2], x, blur)
       if solarize > 0:

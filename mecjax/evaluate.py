@@ -245,8 +245,9 @@ def plots(args) -> list[str]:
   out_dir = os.path.join(run.workdir, "plots")
   title = f"{cfg.method}, {os.path.basename(run.workdir)}, step {run.step}"
   where = f"{len(source)} {cfg.data.eval_split!r} images"
-  features, labels = run.outputs(run.params, run.model_state, source, "features")
-  embedding, _ = run.outputs(run.params, run.model_state, source, "embedding")
+  music = cfg.method == "music"
+  out = _plot_outputs(run, source, args.seed, views=music)
+  features, embedding, labels = out["features"], out["embedding"], out["label"]
   paths = []
 
   if len(source.classes) and (labels >= 0).all():
@@ -267,9 +268,8 @@ def plots(args) -> list[str]:
   fig = plots_lib.curves_figure(rows, title=title)
   paths.append(plots_lib.save(fig, os.path.join(out_dir, "curves.png")))
 
-  if cfg.method == "music":
-    z1, z2 = _view_embeddings(run, source, args.seed)
-    p = np.asarray(music_joint(z1, z2, segment_size=cfg.music.segment_size,
+  if music:
+    p = np.asarray(music_joint(out["view1"], out["view2"], segment_size=cfg.music.segment_size,
                                temperature=cfg.music.temperature))
     fig = _user_error(plots_lib.music_joint_figure, p, segment=args.segment,
                       title=f"{title}, two augmented views of {where}")
@@ -287,11 +287,13 @@ def _user_error(draw, *args, **kwargs):
     raise SystemExit(f"mecjax: error: {e}") from None
 
 
-def _view_embeddings(run, source, seed: int):
-  """Embeddings (projector outputs) of two augmented views of every image of ``source``,
-  the run's training augmentation keyed by ``seed``, BN in eval mode: MUSIC's ``P`` is a
-  distribution over pairs of views. Recipes that crop on the host (ImageNet) start every
-  view from the eval centre crop; the device-side augmentations still differ per view."""
+def _plot_outputs(run, source, seed: int, views: bool) -> dict:
+  """One pass over ``source``, BN in eval mode: ``features`` (encoder) and ``embedding``
+  (projector output) of each un-augmented image, ``label``, and with ``views`` the
+  embeddings ``view1``, ``view2`` of two augmented views (the run's training augmentation
+  keyed by ``seed``; MUSIC's ``P`` is a distribution over pairs of views). Recipes that crop
+  on the host (ImageNet) start both views from the eval centre crop; the device-side
+  augmentations still differ per view. One compiled forward for all of them."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -304,26 +306,28 @@ def _view_embeddings(run, source, seed: int):
 
   @jax.jit
   def forward(p, bs, images, index):
-    if host_crops:   # crops() expects (B, views, S, S, 3) cut on the host
-      images = jnp.repeat(images[:, None], recipe.num_views, axis=1)
-    views = recipe.views(images, index, 0, key)[:2]
-    variables = {"params": p, "batch_stats": bs}
-    return [net.apply(variables, v, train=False, method=SSLNet.embed)["embedding"]
-            for v in views]
+    def embed(x):
+      return net.apply({"params": p, "batch_stats": bs}, x, train=False, method=SSLNet.embed)
+    out = embed(recipe.eval_view(images))
+    if views:
+      crops = jnp.repeat(images[:, None], recipe.num_views, axis=1) if host_crops else images
+      v1, v2 = recipe.views(crops, index, 0, key)[:2]
+      out["view1"], out["view2"] = embed(v1)["embedding"], embed(v2)["embedding"]
+    return out
 
-  outs, valid, start = ([], []), [], 0
+  parts, start = {}, 0
   for batch in data_lib.eval_batches(source, global_batch=run.config.eval_batch_size,
                                      mesh=mesh, transform=recipe.eval_transform(),
                                      threads=run.config.data.host_threads):
     rows = batch["image"].shape[0]
     index = jnp.arange(start, start + rows, dtype=jnp.int32)
     start += rows
-    for out, z in zip(outs, forward(run.params, run.model_state["batch_stats"],
-                                    batch["image"], index)):
-      out.append(np.asarray(jax.device_get(z)))
-    valid.append(np.asarray(jax.device_get(batch["valid"])))
-  keep = np.concatenate(valid)
-  return tuple(np.concatenate(out)[keep] for out in outs)
+    out = forward(run.params, run.model_state["batch_stats"], batch["image"], index)
+    out.update(label=batch["label"], valid=batch["valid"])
+    for k, v in out.items():
+      parts.setdefault(k, []).append(np.asarray(jax.device_get(v)))
+  keep = np.concatenate(parts.pop("valid"))
+  return {k: np.concatenate(v)[keep] for k, v in parts.items()}
 
 
 # ------------------------------------------------------------------ command line

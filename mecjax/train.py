@@ -94,6 +94,8 @@ def run(config, workdir: str) -> dict:
   # still crops from the 32x32 originals); the device resizes eval images to image_size.
   stored = (dcfg.stored_size or size) if in_memory else size
   recipe = data_lib.get_recipe(config.aug, size, config.seed)
+  log.info("views per image: %d x %d px%s", recipe.num_global, size,
+           f" + {recipe.num_local} x {recipe.local_size} px (local)" if recipe.num_local else "")
   t0 = time.time()
   train_src = data_lib.load_split(dcfg, dcfg.train_split, dcfg.max_train_examples, in_memory,
                                   stored)

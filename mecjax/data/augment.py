@@ -264,7 +264,9 @@ class Recipe:
 
   def views(self, images: jax.Array, index: jax.Array, step, key: jax.Array
             ) -> list[jax.Array]:
-    """The augmented, normalised views of a uint8 batch, keyed by (key, step, index)."""
+    """The augmented, normalised views of a uint8 batch, keyed by (key, step, index):
+    ``num_global`` float32 (B,S,S,3) global views, then ``num_local`` (B,s,s,3) local ones.
+    ``images`` is what the host shipped (``host_transform``): whole images, or crops."""
     cfg = self.cfg
     # Five colour keys per global view and one crop key, as without local views; the local
     # views draw six each (five colour, one crop) from a stream of their own, so switching

@@ -86,9 +86,10 @@ class LossOutput:
 
   metrics: scalars to log (the loop adds lr, probe and timing figures).
   state: the method's non-trainable state after the step.
-  features: stop-gradient backbone features of each view, for the online probe.
-  embeddings: the online embeddings (B, d) of the views, with gradient: projector output
-    before any normalisation (the collapse monitors read the first; E2MC the first two).
+  features: stop-gradient backbone features of each global view, for the online probe.
+  embeddings: the online embeddings (B, d) of the global views, with gradient: projector
+    output before any normalisation (the collapse monitors read the first; E2MC the first
+    two). Local views (multi-crop) are in neither.
   """
   metrics: dict
   state: Any

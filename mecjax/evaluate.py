@@ -3,6 +3,7 @@ r"""Evaluations of a finished (or running) mecjax run directory, from the comman
   python -m mecjax.evaluate knn --workdir=RUN [--k=K] [--temperature=T] [--bn=eval|batch]
   python -m mecjax.evaluate e2mc --workdir=RUN [--examples=2048] [--seed=0]
   python -m mecjax.evaluate plots --workdir=RUN [--examples=2000] [--seed=0] [--perplexity=30]
+      [--tsne-iters=1000] [--segment=0]
 
 ``knn``: the weighted kNN of the training monitor (cosine similarity of L2-normalised backbone
 features, each of the k nearest train images votes exp(sim / T); k and T default to the
@@ -27,7 +28,8 @@ The embedding is the tensor E2MC acts on: the projector output, before any norma
   (dimensional collapse shows as a cliff);
 - ``curves.png``: loss, ``knn_top1``, ``probe_top1`` against step/epoch from metrics.jsonl;
 - ``music_p.png`` (MUSIC runs): the joint distribution ``P`` of two augmented views' segment
-  symbols (``losses.music.music_joint``), one segment's block and the mean over segments.
+  symbols (``losses.music.music_joint``), segment ``--segment``'s block and the mean block.
+Prints the paths written; RUN without a config.json stops with one line (exit status 2).
 """
 
 from __future__ import annotations
@@ -243,7 +245,7 @@ def plots(args) -> list[str]:
   cfg = run.config
   source = run.load_split(cfg.data.eval_split, args.examples)
   out_dir = os.path.join(run.workdir, "plots")
-  title = f"{cfg.method}, {os.path.basename(run.workdir)}, step {run.step}"
+  title = f"{cfg.method}, {os.path.basename(run.workdir)}, checkpoint step {run.step}"
   where = f"{len(source)} {cfg.data.eval_split!r} images"
   music = cfg.method == "music"
   out = _plot_outputs(run, source, args.seed, views=music)

@@ -102,6 +102,8 @@ def test_cached_features_equal_fresh_ones_and_are_reused(tmp_path):
   c = cfg("linear_cifar10.py:smoke")
   c.init.required = False   # a random-init encoder is enough here
   c.model.width = 0.125
+  c.projector.hidden, c.projector.out_dim = (16,), 16   # small heads: a cheap init
+  c.predictor.hidden, c.predictor.out_dim = (8,), 16
   root = write_image_tree(tmp_path / "data", {"train": 3}, classes=("a", "b"))
   c.data.path = str(root)
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))

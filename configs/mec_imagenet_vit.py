@@ -26,8 +26,9 @@ Variants (compose left to right, e.g. ``vit_b,cpu``):
          projection) with a 2-block, 48-wide ViT/16 and small heads on 256 images of any
          local folder with train/ and test/ splits, 10 steps (CI: the shared CIFAR-10).
   cpu:   the full-size encoder and heads at 224 px on 512 images, batch 16, 16 steps, kNN
-         at the end: the real network and input size at a scale a 2-core CPU finishes in
-         about a quarter of an hour (benchmarks/RESULTS.md: train-step views/s).
+         at the end: the real network and input size at CPU scale. Estimated from
+         benchmarks/bench_encoders.py (about 1 view/s on the loaded 2-core VM, 5-6 minutes of
+         compilation) at 20-25 minutes there; not run end to end.
 """
 
 from mecjax import configlib

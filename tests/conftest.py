@@ -14,10 +14,13 @@ import sys
 import tarfile
 from pathlib import Path
 
-# Before JAX starts its backend: 8 CPU devices for the sharding tests.
+# Before JAX starts its backend: 8 CPU devices for the sharding tests, and LLVM at -O0 (the
+# tests run tiny programs a few times: compiling them is most of the suite's time).
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -68,7 +71,15 @@ def cifar_path(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def compile_cache(tmp_path_factory) -> str:
-  return str(tmp_path_factory.mktemp("jax_compilation_cache"))
+  """One persistent XLA cache for every command-line run of the session, shared by the
+  pytest-xdist workers (their base temp dirs have one parent): the same smoke program
+  compiles once even when tests on two workers run it."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent
+  path = root / "jax_compilation_cache"
+  path.mkdir(exist_ok=True)
+  return str(path)
 
 
 def cli_env(devices: int = 1, cache: str | None = None, extra: dict | None = None) -> dict:

@@ -35,6 +35,8 @@ def parse(argv=None):
   p.add_argument("--workdir", required=True, help="where the probe runs are written")
   p.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
   p.add_argument("--epochs", type=float, default=None, help="probe epochs (default 100)")
+  p.add_argument("--only", default="trained,random-init,pixels",
+                 help="comma-separated rows to compute (trained, random-init, pixels)")
   return p.parse_args(argv)
 
 
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
   setup_logging()
   run_config = configlib.load_run(args.run)
   results = []
-  for name in ("trained", "random-init", "pixels"):
+  for name in [n for n in ("trained", "random-init", "pixels") if n in args.only.split(",")]:
     workdir = os.path.join(os.path.abspath(args.workdir), name)
     config = probe_config(args, args.run if name == "trained" else None)
     if name == "pixels":

@@ -86,9 +86,11 @@ def base_config(name, cifar_path, steps=3):
   return c
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def bases(tmp_path_factory, cifar_path):
-  """Smoke-size checkpoints of VICReg, SwAV and SimSiam (3 steps each), in-process."""
+  """Smoke-size checkpoints of VICReg, SwAV and SimSiam (3 steps each), in-process. Session
+  scope: the xdist worker running this module may interleave other modules' tests, and a
+  module fixture would then be built again (three compilations each time)."""
   root = tmp_path_factory.mktemp("bases")
   for name in ("vicreg", "swav", "simsiam"):
     train.run(base_config(name, cifar_path), str(root / name))

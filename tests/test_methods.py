@@ -1,5 +1,6 @@
 """The methods of the loop: what each adds around its loss (SwAV's prototypes and queue, the
-MEC regulariser, view pairing), and every config's smoke run on 1 and 8 devices."""
+MEC regulariser, view pairing), every method's update on 1 and 8 devices, and smoke runs
+from the command line."""
 
 from __future__ import annotations
 
@@ -230,14 +231,13 @@ def test_every_method_updates_alike_on_one_and_eight_devices(spec):
     assert [float(m["queue_in_use"]) for m in one] == [0.0, 0.0, 1.0]
 
 
-# The command-line form of a config's smoke variant; 8 against 1 device for SwAV (its queue
-# and Sinkhorn are the most global of the losses). The other methods' configs are covered
-# without a process each (CI time): they load and name what exists (tests/test_config.py),
-# their update runs on 1 and 8 devices above, VICReg / SwAV / SimSiam train through
-# train.run in tests/test_e2mc.py, and the ImageNet host-crop recipe runs from the command
-# line in tests/test_train.py.
+# The command-line form of a config's smoke variant, on one device. 1 vs 8 devices: every
+# method's update in-process above, and MEC's whole run from the command line in
+# tests/test_train.py. The other methods' configs are covered without a process each (CI
+# time): they load and name what exists (tests/test_config.py), their update runs on 1 and 8
+# devices above, VICReg / SwAV / SimSiam train through train.run in tests/test_e2mc.py, and
+# the ImageNet host-crop recipe runs from the command line in tests/test_train.py.
 SMOKE_CONFIGS = ["music_cifar10.py:smoke", "swav_cifar10.py:smoke", "simclr_cifar10.py:smoke,mec"]
-COMPARED = {"swav_cifar10.py:smoke"}
 
 
 def read_rows(workdir):
@@ -255,24 +255,14 @@ def run_cli(spec, workdir, cifar_path, devices, cache):
 
 @pytest.mark.parametrize("spec", SMOKE_CONFIGS)
 def test_smoke_config_runs_from_the_command_line(spec, tmp_path, cifar_path, compile_cache):
-  # Every method's update is compared on 1 and 8 devices in-process above; on the command
-  # line SwAV runs on both, the others on one (CI time).
-  eight = run_cli(spec, tmp_path / "8", cifar_path, 8 if spec in COMPARED else 1,
-                  compile_cache)
-  train_rows = [r for r in eight if "loss" in r]
-  assert train_rows and train_rows[-1]["step"] == (10 if "imagenet" in spec else 12)
+  rows = run_cli(spec, tmp_path, cifar_path, 1, compile_cache)
+  train_rows = [r for r in rows if "loss" in r]
+  assert train_rows and train_rows[-1]["step"] == 12
   assert np.isfinite([r["loss"] for r in train_rows]).all()
-  assert "knn_top1" in eight[-1] and "probe_top1" in eight[-1]
-  if spec not in COMPARED:
-    return
-  one = run_cli(spec, tmp_path / "1", cifar_path, 1, compile_cache)
-  assert [r["step"] for r in one] == [r["step"] for r in eight]
-  for ra, rb in zip(one, eight):
-    # Another device count sums in another order; the first steps agree to 1e-4 and later
-    # ones drift by the SGD-amplified float32 differences (tests/test_train.py).
-    tol = 1e-4 if ra["step"] <= 4 else 3e-3
-    for k in ("loss", "music_diagonal", "music_off_diagonal", "code_perplexity"):
-      if k in ra:
-        np.testing.assert_allclose(rb[k], ra[k], rtol=tol, atol=1e-5,
-                                   err_msg=f"{spec} {k}@{ra['step']}")
-  np.testing.assert_allclose(eight[-1]["knn_top1"], one[-1]["knn_top1"], atol=1 / 64 + 1e-9)
+  assert "knn_top1" in rows[-1] and "probe_top1" in rows[-1]
+  if spec.startswith("swav"):
+    assert "code_perplexity" in train_rows[-1]
+  if spec.startswith("music"):
+    assert "music_diagonal" in train_rows[-1]
+  if spec.endswith(",mec"):
+    assert "reg_loss" in train_rows[-1] and "objective" in train_rows[-1]

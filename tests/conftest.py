@@ -111,3 +111,31 @@ def encode_jpeg(pixels: np.ndarray) -> bytes:
   buf = io.BytesIO()
   Image.fromarray(pixels).save(buf, format="JPEG", quality=90)
   return buf.getvalue()
+
+
+def sharded_updates(config, mesh, batch_views, *, global_batch: int, image_size: int,
+                    steps: int, seed: int = 9) -> list[dict]:
+  """Metrics of ``steps`` train updates (the loop's ``make_init`` / ``make_update``) with the
+  state replicated and the batch split over ``mesh``: the 1-vs-8-device comparisons.
+  ``batch_views(step, rng)`` gives the step's list of (global_batch, ...) view arrays."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from mecjax import evaluators, methods, train
+  run = methods.RunInfo(global_batch=global_batch, steps_per_epoch=4, total_steps=12)
+  method = methods.get_method(config, run)
+  tx, lr, ema = train.make_tx(config, run, method.uses_target)
+  probe_net = evaluators.probe.LinearProbe(10)
+  probe_tx = evaluators.probe.make_optimizer(config.probe)
+  init = train.make_init(method, tx, probe_net, probe_tx, (2, image_size, image_size, 3))
+  update = train.make_update(method, tx, lr, ema, probe_net, probe_tx, True)
+  repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  state = jax.jit(init, static_argnums=0, out_shardings=repl)(0)
+  step = jax.jit(update, out_shardings=(repl, repl))
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(steps):
+    views = [jax.device_put(v, rows) for v in batch_views(i, rng)]
+    labels = jax.device_put(rng.integers(0, 10, global_batch).astype(np.int32), rows)
+    state, metrics = step(state, views, labels)
+    out.append(jax.device_get(metrics))
+  return out

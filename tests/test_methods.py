@@ -13,11 +13,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from conftest import REPO, cli_env
-from mecjax import configlib, evaluators, losses, methods, train
-from mecjax.methods.swav import normalize_prototypes
+from conftest import REPO, cli_env, sharded_updates
+from mecjax import configlib, losses, methods
 
 BATCH, SIZE = 16, 16
 
@@ -192,25 +191,10 @@ def run_updates(spec, mesh, steps=3):
   with config.unlocked():
     config.swav.queue_size = 4 * BATCH      # two global batches: used from the third step
     config.swav.queue_start_steps = 0
-  run = methods.RunInfo(global_batch=2 * BATCH, steps_per_epoch=4, total_steps=12)
-  method = methods.get_method(config, run)
-  tx, lr, ema = train.make_tx(config, run, method.uses_target)
-  probe_net = evaluators.probe.LinearProbe(10)
-  probe_tx = evaluators.probe.make_optimizer(config.probe)
-  init = train.make_init(method, tx, probe_net, probe_tx, (2, SIZE, SIZE, 3))
-  update = train.make_update(method, tx, lr, ema, probe_net, probe_tx, True)
-  repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  state = jax.jit(init, static_argnums=0, out_shardings=repl)(0)
-  step = jax.jit(update, out_shardings=(repl, repl))
-  rng = np.random.default_rng(9)
-  out = []
-  for _ in range(steps):
-    v = [jax.device_put(rng.normal(size=(2 * BATCH, SIZE, SIZE, 3)).astype(np.float32), rows)
-         for _ in range(2)]
-    labels = jax.device_put(rng.integers(0, 10, 2 * BATCH).astype(np.int32), rows)
-    state, metrics = step(state, v, labels)
-    out.append(jax.device_get(metrics))
-  return out
+  # The rng draws each step's views, then its labels (sharded_updates), as before.
+  return sharded_updates(
+      config, mesh, lambda i, rng: [rng.normal(size=(2 * BATCH, SIZE, SIZE, 3)).astype(
+          np.float32) for _ in range(2)], global_batch=2 * BATCH, image_size=SIZE, steps=steps)
 
 
 @pytest.mark.parametrize("spec", METHOD_SMOKES)

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from conftest import REPO, run_main
-from mecjax import configlib, evaluators, losses, methods, parallel, train
+from conftest import REPO, run_main, sharded_updates
+from mecjax import configlib, losses, methods, parallel
 from mecjax.data import augment, pipeline
 from mecjax.data.sources import ArraySource
 from mecjax.methods import pairing
@@ -253,24 +253,9 @@ def updates(mesh, steps=2):
   config = configlib.load(str(REPO / "configs/mec_cifar10.py:smoke"))
   with config.unlocked():
     config.aug.num_local, config.aug.local_size = 2, LOCAL
-  run = methods.RunInfo(global_batch=2 * BATCH, steps_per_epoch=4, total_steps=12)
-  method = methods.get_method(config, run)
-  tx, lr, ema = train.make_tx(config, run, method.uses_target)
-  probe_net = evaluators.probe.LinearProbe(10)
-  probe_tx = evaluators.probe.make_optimizer(config.probe)
-  init = train.make_init(method, tx, probe_net, probe_tx, (2, SIZE, SIZE, 3))
-  update = train.make_update(method, tx, lr, ema, probe_net, probe_tx, True)
-  repl, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  state = jax.jit(init, static_argnums=0, out_shardings=repl)(0)
-  step = jax.jit(update, out_shardings=(repl, repl))
-  rng = np.random.default_rng(9)
-  out = []
-  for i in range(steps):
-    v = [jax.device_put(x, rows) for x in make_views(2, seed=10 + i, batch=2 * BATCH)]
-    labels = jax.device_put(rng.integers(0, 10, 2 * BATCH).astype(np.int32), rows)
-    state, metrics = step(state, v, labels)
-    out.append(jax.device_get(metrics))
-  return out
+  return sharded_updates(
+      config, mesh, lambda i, rng: make_views(2, seed=10 + i, batch=2 * BATCH),
+      global_batch=2 * BATCH, image_size=SIZE, steps=steps)
 
 
 def test_mec_multicrop_updates_alike_on_one_and_eight_devices():

@@ -154,6 +154,7 @@ def recipe(**kw):
   return augment.get_recipe(cfg, 16, seed=0)
 
 
+@pytest.mark.slow
 def test_views_depend_on_seed_step_and_index_only():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.xdist_group("e2mc")
     ("e2mc_vicreg_cifar10.py:smoke", "sigmoid", 1000.0, 100.0),
     ("e2mc_swav_cifar10.py:smoke", "gaussian_cdf", 1.0, 25.0),
     ("e2mc_simsiam_cifar10.py:smoke", "gaussian_cdf", 0.001, 0.01)])
+@pytest.mark.slow
 def test_e2mc_adds_the_criterion_on_the_online_embeddings(spec, transform, beta, gamma):
   method, params, state = build(spec)
   cfg = method.config
@@ -101,6 +102,7 @@ def rows_of(workdir):
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("base", ["vicreg", "swav", "simsiam"])
 def test_continued_pretraining_smoke_runs_from_a_checkpoint(base, bases, tmp_path, cifar_path,
                                                             compile_cache):
@@ -158,6 +160,7 @@ def test_continued_pretraining_smoke_runs_from_a_checkpoint(base, bases, tmp_pat
   np.testing.assert_allclose(last["knn_top1"], rows[-1]["knn_top1"], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_init_loads_the_base_weights_and_refuses_mismatches(bases, cifar_path, tmp_path):
   config = configlib.load(str(REPO / "configs" / "e2mc_swav_cifar10.py"), "smoke")
   config.init.workdir = str(bases / "swav")
@@ -199,6 +202,7 @@ def test_init_loads_the_base_weights_and_refuses_mismatches(bases, cifar_path, t
     initialize.requested(config)
 
 
+@pytest.mark.slow
 def test_missing_base_run_is_one_clear_line(tmp_path, cifar_path):
   proc = run_main("configs/e2mc_simsiam_cifar10.py:smoke", tmp_path / "w",
                   f"--config.data.path={cifar_path}",
@@ -207,6 +211,7 @@ def test_missing_base_run_is_one_clear_line(tmp_path, cifar_path):
   assert "config.init.workdir" in proc.stderr and "does not exist" in proc.stderr
 
 
+@pytest.mark.slow
 def test_imagenet_config_continues_a_release_layout_checkpoint(tmp_path, cifar_path,
                                                                 compile_cache):
   """The ImageNet SwAV config at smoke size from a PyTorch checkpoint in SwAV's release

@@ -62,6 +62,7 @@ def cli(*args):
                         env=cli_env(1), capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [False, True])
 def test_torchvision_export_loads_with_the_same_features(run_dir, tmp_path, images, target):
   workdir, feats, online, teacher = run_dir
@@ -83,6 +84,7 @@ def test_torchvision_export_loads_with_the_same_features(run_dir, tmp_path, imag
                 - got).max() > 1e-3   # the other network really differs
 
 
+@pytest.mark.slow
 def test_safetensors_and_detectron2_layouts(run_dir, tmp_path):
   from safetensors.numpy import load_file
   workdir, _, (params, stats), _ = run_dir
@@ -123,6 +125,7 @@ def test_safetensors_and_detectron2_layouts(run_dir, tmp_path):
       np.transpose(np.asarray(params["encoder"]["conv1"]["kernel"]), (3, 2, 0, 1)))
 
 
+@pytest.mark.slow
 def test_export_refusals_are_one_line(run_dir, tmp_path):
   workdir = run_dir[0]
   proc = cli(f"--workdir={tmp_path / 'nothing'}", "--format=torchvision",

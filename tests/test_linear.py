@@ -98,6 +98,7 @@ def test_probe_head_is_bn_without_affine_eps_1e6_then_linear():
   assert np.std(np.asarray(w)) == pytest.approx(0.01, rel=0.5) and not np.any(b)
 
 
+@pytest.mark.slow
 def test_cached_features_equal_fresh_ones_and_are_reused(tmp_path):
   c = cfg("linear_cifar10.py:smoke")
   c.init.required = False   # a random-init encoder is enough here
@@ -217,6 +218,7 @@ def smoke_run(tmp_path_factory, cifar_path, compile_cache):
   return workdir
 
 
+@pytest.mark.slow
 def test_linear_probe_and_semisup_smoke_from_the_command_line(smoke_run, tmp_path,
                                                               cifar_path, compile_cache):
   data = f"--config.data.path={cifar_path}"
@@ -252,6 +254,7 @@ def test_linear_probe_and_semisup_smoke_from_the_command_line(smoke_run, tmp_pat
   assert any(jax.tree.leaves(changed))   # fine-tuning trains the encoder too
 
 
+@pytest.mark.slow
 def test_transfer_probe_on_a_synthetic_folder_reports_mean_per_class(smoke_run, tmp_path):
   classes = ("abyssinian", "beagle", "boxer")
   root = write_image_tree(tmp_path / "pets", {"train": 12, "test": 4}, classes=classes)

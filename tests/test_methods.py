@@ -44,6 +44,7 @@ def views(seed=0):
 # ------------------------------------------------------------------------------ SwAV
 
 
+@pytest.mark.slow
 def test_swav_prototypes_are_unit_norm_and_frozen_then_trained():
   method, params, state = build("swav_cifar10.py:smoke")
   kernel = params["predictor"]["prototypes"]
@@ -127,6 +128,7 @@ def test_mec_regulariser_adds_the_mec_loss_of_the_method_pairs(spec):
                              8 * BATCH * method.config.mec.eps_sq / d, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_simsiam_pairs_stop_the_target_gradient():
   method, params, state = build("simsiam_cifar10.py:smoke,mec")
   v = views(5)
@@ -150,6 +152,7 @@ def test_mec_takes_no_regulariser_and_music_checks_its_segments():
     build("simclr_cifar10.py:smoke", **{"regularizer.name": "nope"})
 
 
+@pytest.mark.slow
 def test_byol_uses_an_ema_target_and_the_others_do_not():
   uses = {name: cls.uses_target for name, cls in methods.METHODS.items()}
   assert uses == {"mec": True, "byol": True, "music": False, "simsiam": False,
@@ -197,6 +200,7 @@ def run_updates(spec, mesh, steps=3):
           np.float32) for _ in range(2)], global_batch=2 * BATCH, image_size=SIZE, steps=steps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", METHOD_SMOKES)
 def test_every_method_updates_alike_on_one_and_eight_devices(spec):
   devices = jax.devices()
@@ -237,6 +241,7 @@ def run_cli(spec, workdir, cifar_path, devices, cache):
   return read_rows(workdir)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", SMOKE_CONFIGS)
 def test_smoke_config_runs_from_the_command_line(spec, tmp_path, cifar_path, compile_cache):
   rows = run_cli(spec, tmp_path, cifar_path, 1, compile_cache)

@@ -68,6 +68,7 @@ CASES = {"mec": ("mec_cifar10_vit.py:smoke", {}),
          "music": ("music_cifar10.py:smoke", TINY_VIT)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bfloat16_updates_track_float32_from_the_same_init(case):
   spec, overrides = CASES[case]

@@ -149,6 +149,7 @@ def test_batchnorm_without_affine_has_no_parameters():
   assert "params" not in v and set(v["batch_stats"]) == {"mean", "var"}
 
 
+@pytest.mark.slow
 def test_batchnorm_statistics_are_global_over_a_sharded_batch():
   mesh = Mesh(np.asarray(jax.devices()[:8]), ("data",))
   model = resnet18(width=0.125, cifar_stem=True)

@@ -33,6 +33,7 @@ def images(n=6, side=32, seed=0):
 # ---------------------------------------------------------------------------- recipes
 
 
+@pytest.mark.slow
 def test_device_crop_views_globals_then_locals():
   x = jnp.asarray(images())
   index, key = jnp.arange(20, 26), jax.random.key(4)
@@ -150,6 +151,7 @@ def mec_outputs(method, params, state, views):
   return [t["embedding"] for t in teacher], [o["prediction"] for o in online]
 
 
+@pytest.mark.slow
 def test_mec_two_views_is_the_official_crossed_loss():
   method, params, state = build("mec_cifar10.py:smoke")
   step = jnp.int32(2)
@@ -171,6 +173,7 @@ def test_mec_two_views_is_the_official_crossed_loss():
   np.testing.assert_allclose(float(loss), want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_mec_multicrop_loss_is_the_mean_over_its_pairs():
   method, params, state = build("mec_cifar10.py:smoke", num_local=3)
   step = jnp.int32(5)
@@ -197,6 +200,7 @@ def test_mec_multicrop_loss_is_the_mean_over_its_pairs():
   assert out.features[0].shape[0] == BATCH
 
 
+@pytest.mark.slow
 def test_siamese_swav_and_simclr_pair_locals_with_globals():
   sg = jax.lax.stop_gradient
   v = make_views(2, seed=2)
@@ -258,6 +262,7 @@ def updates(mesh, steps=2):
       global_batch=2 * BATCH, image_size=SIZE, steps=steps)
 
 
+@pytest.mark.slow
 def test_mec_multicrop_updates_alike_on_one_and_eight_devices():
   devices = jax.devices()
   assert len(devices) == 8
@@ -272,6 +277,7 @@ def test_mec_multicrop_updates_alike_on_one_and_eight_devices():
 # -------------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_mec_multicrop_smoke_from_the_command_line(tmp_path, cifar_path, compile_cache):
   proc = run_main("configs/mec_cifar10.py:smoke,multicrop", tmp_path,
                   f"--config.data.path={cifar_path}", cache=compile_cache)

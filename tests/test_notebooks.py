@@ -46,6 +46,7 @@ def test_notebook_starts_by_installing_and_is_stored_without_outputs(path):
       assert cell["outputs"] == [] and cell["execution_count"] is None, path.name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_in_smoke_mode(path, tmp_path, cifar_path, compile_cache, monkeypatch):
   runs = tmp_path / "runs"

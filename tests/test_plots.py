@@ -189,6 +189,7 @@ def check_curves(fig):
     assert len(ax.get_lines()) == 0 and f"no '{name}'" in ax.texts[0].get_text()
 
 
+@pytest.mark.slow
 def test_plots_of_a_mec_run(runs, monkeypatch, capsys):
   figures = run_plots(runs["mec"], monkeypatch, capsys)
   assert sorted(figures) == ["curves.png", "spectrum.png", "tsne.png"]
@@ -196,6 +197,7 @@ def test_plots_of_a_mec_run(runs, monkeypatch, capsys):
   check_curves(figures["curves.png"])
 
 
+@pytest.mark.slow
 def test_plots_of_a_music_run_include_p(runs, monkeypatch, capsys):
   figures = run_plots(runs["music"], monkeypatch, capsys)
   assert sorted(figures) == ["curves.png", "music_p.png", "spectrum.png", "tsne.png"]

@@ -212,6 +212,7 @@ def check_features(mecjax50, params, stats, images, ref):
 # ----------------------------------------------------------------- releases
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ddp", [False, True])
 def test_torchvision_state_dict(tmp_path, mecjax50, images, net50, ddp):
   model, ref = net50
@@ -231,6 +232,7 @@ def test_torchvision_state_dict(tmp_path, mecjax50, images, net50, ddp):
   assert not np.array_equal(leaf, np.asarray(mecjax50[1]["encoder"]["conv1"]["kernel"]))
 
 
+@pytest.mark.slow
 def test_simsiam_checkpoint(tmp_path, mecjax50, images, net50):
   model, ref = net50
   fc, pred = randomize(simsiam_fc(), 1), randomize(simsiam_predictor(), 2)
@@ -264,6 +266,7 @@ def test_simsiam_checkpoint(tmp_path, mecjax50, images, net50):
                         z.numpy(), train=False), p.numpy())
 
 
+@pytest.mark.slow
 def test_vicreg_full_checkpoint(tmp_path, mecjax50, images, net50):
   model, ref = net50
   proj = randomize(vicreg_projector(), 3)
@@ -296,6 +299,7 @@ def test_vicreg_full_checkpoint(tmp_path, mecjax50, images, net50):
   close(mutated["batch_stats"]["bn1"]["var"], proj[4].running_var.numpy())
 
 
+@pytest.mark.slow
 def test_swav_checkpoint_and_ssl_net(tmp_path, mecjax50, images, net50):
   model, ref = net50
   head, protos = randomize(swav_head(), 4), randomize(nn.Linear(24, 40, bias=False), 5)
@@ -323,6 +327,7 @@ def test_swav_checkpoint_and_ssl_net(tmp_path, mecjax50, images, net50):
   close(out["prediction"], scores.numpy())
 
 
+@pytest.mark.slow
 def test_vicreg_resnet50_pth_into_a_net_with_a_projector(tmp_path, mecjax50, images, net50):
   """VICReg's resnet50.pth: the backbone alone (no fc); the projector is reported left at
   initialisation, not an error."""

@@ -67,6 +67,7 @@ def smoke_run(tmp_path_factory, cifar_path, compile_cache):
   return workdir, proc
 
 
+@pytest.mark.slow
 def test_smoke_run_logs_metrics_checkpoints_and_tensorboard(smoke_run, cifar_path,
                                                             compile_cache):
   workdir, proc = smoke_run
@@ -91,6 +92,7 @@ def test_smoke_run_logs_metrics_checkpoints_and_tensorboard(smoke_run, cifar_pat
   assert (workdir / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one(smoke_run, tmp_path, cifar_path, compile_cache):
   workdir = tmp_path / "eight"
   ok(run_main(CIFAR_SMOKE, workdir, f"--config.data.path={cifar_path}", devices=8,
@@ -98,6 +100,7 @@ def test_eight_devices_match_one(smoke_run, tmp_path, cifar_path, compile_cache)
   assert_same_metrics(smoke_run[0], workdir, late_rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_resumes_and_ends_like_an_uninterrupted_run(
     smoke_run, tmp_path, cifar_path, compile_cache):
   workdir = tmp_path / "killed"
@@ -118,6 +121,7 @@ def test_kill_9_then_rerun_resumes_and_ends_like_an_uninterrupted_run(
   assert_same_metrics(smoke_run[0], workdir, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_processes_killed_and_relaunched_match_one_process(smoke_run, tmp_path, cifar_path,
                                                                compile_cache):
   """launch/local.sh 2 (each process feeds half of the global batch): a kill -9 of one
@@ -151,6 +155,7 @@ def test_two_processes_killed_and_relaunched_match_one_process(smoke_run, tmp_pa
   assert checkpoints(workdir) == [5, 10, 12]
 
 
+@pytest.mark.slow
 def test_imagenet_recipe_smoke(tmp_path, cifar_path, compile_cache):
   workdir = tmp_path / "imagenet"
   proc = ok(run_main("configs/mec_imagenet.py:smoke", workdir,
@@ -161,6 +166,7 @@ def test_imagenet_recipe_smoke(tmp_path, cifar_path, compile_cache):
   assert "resnet50" in proc.stdout
 
 
+@pytest.mark.slow
 def test_nan_guard_names_the_steps_and_never_saves_a_bad_checkpoint(tmp_path, cifar_path,
                                                                     compile_cache):
   # lamda_inv runs from -b to b over 12 steps: it is exactly 0 at step 7 (index 6), where
@@ -183,6 +189,7 @@ def test_nan_guard_names_the_steps_and_never_saves_a_bad_checkpoint(tmp_path, ci
     (["--config.batch_size=36"], 8, "config.batch_size=36 is not divisible by the 8 devices"),
     (["--config.model.name=resnet19"], 1, "config.model.name='resnet19': expected one of"),
 ], ids=["misspelt-key", "missing-path", "missing-split", "indivisible-batch", "unknown-model"])
+@pytest.mark.slow
 def test_bad_input_stops_with_one_clear_line(tmp_path, cifar_path, args, devices, expected):
   extra = [] if any(a.startswith("--config.data.path") for a in args) else \
       [f"--config.data.path={cifar_path}"]
@@ -194,6 +201,7 @@ def test_bad_input_stops_with_one_clear_line(tmp_path, cifar_path, args, devices
   assert not checkpoints(tmp_path / "bad")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_is_refused(smoke_run, tmp_path, cifar_path):
   workdir = tmp_path / "other"
   shutil.copytree(smoke_run[0], workdir)
@@ -224,6 +232,7 @@ else:
 """
 
 
+@pytest.mark.slow
 def test_a_write_killed_mid_checkpoint_leaves_the_previous_one_usable(tmp_path):
   env = cli_env(1)
   write = subprocess.run([sys.executable, "-c", KILL_MID_WRITE, str(tmp_path), "write"],
@@ -239,6 +248,7 @@ def test_a_write_killed_mid_checkpoint_leaves_the_previous_one_usable(tmp_path):
   assert not leftovers, f"temporary directories left after restart: {leftovers}"
 
 
+@pytest.mark.slow
 def test_training_from_an_archive_needs_no_tensorflow(tmp_path, cifar_path, compile_cache):
   blocker = tmp_path / "block"
   for name in ("tensorflow", "tensorflow_datasets"):

@@ -125,6 +125,7 @@ def smoke_method(spec="mec_cifar10_vit.py:smoke", batch=16, **overrides):
   return config, run, methods.get_method(config, run)
 
 
+@pytest.mark.slow
 def test_frozen_patch_projection_gets_no_gradient_and_no_update():
   config, run, method = smoke_method()
   assert config.model.stop_grad_patch_embed and config.optim.weight_decay > 0
@@ -178,6 +179,7 @@ def spy_on_losses(monkeypatch) -> list:
 EVERY_METHOD = sorted(methods.METHODS) + ["vicreg+e2mc"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EVERY_METHOD)
 def test_every_method_takes_a_vit_and_its_losses_get_float32(name, monkeypatch):
   method_name, _, reg = name.partition("+")
@@ -204,6 +206,7 @@ def test_every_method_takes_a_vit_and_its_losses_get_float32(name, monkeypatch):
 # ----------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_cifar_vit_smoke_trains_monitors_keeps_its_frozen_projection_and_refuses_export(
     tmp_path, cifar_path, compile_cache, capsys):
   workdir = tmp_path / "run"

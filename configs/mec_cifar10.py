@@ -105,7 +105,8 @@ def colab_gpu(c):
   # 8 forward passes per image (2 views x (forward + backward = 3) online, 2 teacher forwards),
   # 7.7 GFLOP. mecjax computes in float32 (bfloat16 is no tensor-core type on a T4, nor
   # tf32), so the T4's 8.1 TFLOP/s float32 peak bounds it; at an assumed 1.5 TFLOP/s
-  # sustained (about 18%, the rate T4 float32 ResNet training usually reaches) that is ~195 images/s, ~260 s an epoch of 50k images.
+  # sustained (about 18%, the rate T4 float32 ResNet training usually reaches)
+  # that is ~195 images/s, ~260 s an epoch of 50k images.
   # 4 epochs ~17 min, the final kNN (60k forwards) and compilation the rest. On an A100 or
   # L4 add --config.model.dtype=bfloat16 and more epochs.
   cpu(c)

@@ -390,7 +390,7 @@ def continued(c) -> None:
 
 
 def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
-               transform: str) -> ml_collections.ConfigDict:
+               transform: str, variants: dict | None = None) -> ml_collections.ConfigDict:
   """E2MC continued pre-training on CIFAR-10 from our own checkpoint of a base method.
 
   ``base_file`` is the base method's config (``configs/<method>_cifar10.py``); the run
@@ -399,7 +399,8 @@ def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
   writes it). Protocol as on ImageNet: 10 epochs, batch 512, 0.01 x the base learning rate,
   constant. Variants (``E2MC_CIFAR_VARIANTS``, comma-separated, composable): ``smoke`` (CI),
   ``short`` (1 epoch: the benchmark's budget), ``continued`` (the same run without E2MC),
-  ``colab_gpu`` (1 epoch from the base's ``colab_gpu`` run: the notebook on a GPU or TPU).
+  and the config's own ``variants`` (e.g. ``colab_gpu``, which also continues the base's
+  ``colab_gpu`` variant).
   """
   names = [n for n in (arg or "").split(",") if n]
   base_variant = next((v for v in ("smoke", "colab_gpu") if v in names), "cpu")
@@ -408,7 +409,7 @@ def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
   c.init.workdir = f"runs/{c.method}_cifar10_{base_variant}"
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = None
-  return apply_variants(c, arg, E2MC_CIFAR_VARIANTS)
+  return apply_variants(c, arg, variants or E2MC_CIFAR_VARIANTS)
 
 
 def _e2mc_cifar_smoke(c) -> None:
@@ -427,14 +428,8 @@ def _e2mc_short(c) -> None:
     c.total_epochs = 1
 
 
-def _e2mc_colab_gpu(c) -> None:
-  """The notebook's GPU/TPU continuation: one epoch at batch 512 of the full-width base
-  (``colab_gpu``: about 3.5 minutes on a T4, estimated as the base config explains)."""
-  _e2mc_short(c)
-
-
 E2MC_CIFAR_VARIANTS = {"smoke": _e2mc_cifar_smoke, "short": _e2mc_short,
-                       "continued": continued, "colab_gpu": _e2mc_colab_gpu}
+                       "continued": continued}
 
 
 def e2mc_imagenet_smoke(c) -> None:

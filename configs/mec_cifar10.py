@@ -97,4 +97,28 @@ def multicrop(c):
   c.aug.local_solarize_prob = 0.0
 
 
-VARIANTS = {"smoke": smoke, "cpu": cpu, "multicrop": multicrop}
+def colab_gpu(c):
+  """The notebook's GPU/TPU run: full-width CIFAR ResNet-18, the paper's heads, batch 512,
+  4 epochs, with the cpu variant's short-run choices (lr 0.5, eps_d^2 0.5, EMA 0.99)."""
+  # Sized for about 20 minutes on a Colab T4, estimated (no GPU measured): XLA's cost
+  # analysis of this encoder's forward pass at 32x32 is 0.97 GFLOP per image; a step costs
+  # 8 forward passes per image (2 views x (forward + backward = 3) online, 2 teacher forwards),
+  # 7.7 GFLOP. mecjax computes in float32 (bfloat16 is no tensor-core type on a T4, nor
+  # tf32), so the T4's 8.1 TFLOP/s float32 peak bounds it; at an assumed 1.5 TFLOP/s
+  # sustained (about 18%, the rate T4 float32 ResNet training usually reaches)
+  # that is ~195 images/s, ~260 s an epoch of 50k images.
+  # 4 epochs ~17 min, the final kNN (60k forwards) and compilation the rest. On an A100 or
+  # L4 add --config.model.dtype=bfloat16 and more epochs.
+  cpu(c)
+  c.model.width = 1.0
+  c.batch_size = 512
+  c.total_epochs = 4
+  c.projector.hidden = (2048,)
+  c.projector.out_dim = 2048
+  c.predictor.hidden = (512,)
+  c.predictor.out_dim = 2048
+  c.mec.eps_sq = 0.5 * 2048
+  c.log_every_steps = 50
+
+
+VARIANTS = {"smoke": smoke, "cpu": cpu, "multicrop": multicrop, "colab_gpu": colab_gpu}

@@ -48,4 +48,22 @@ def cpu(c):
   c.projector.out_dim = 1024
 
 
-VARIANTS = {"smoke": smoke, "cpu": cpu}
+def colab_gpu(c):
+  """The E2MC notebook's GPU/TPU base: full-width CIFAR ResNet-18, the recipe's expander,
+  batch 512, 3 epochs, the cpu variant's schedule."""
+  # Sized for about 20 minutes on a Colab T4, estimated (no GPU measured): XLA's cost
+  # analysis of this encoder's forward pass at 32x32 is 0.97 GFLOP per image; a step costs
+  # 6 forward passes per image (2 views x (forward + backward = 3), no teacher),
+  # 5.8 GFLOP. mecjax computes in float32 (bfloat16 is no tensor-core type on a T4, nor
+  # tf32), so the T4's 8.1 TFLOP/s float32 peak bounds it; at an assumed 1.5 TFLOP/s
+  # sustained (about 18%, the rate T4 float32 ResNet training usually reaches)
+  # that is ~260 images/s, ~195 s an epoch of 50k images.
+  # 3 epochs ~10 min; the notebook's two 1-epoch continuations (e2mc_vicreg_cifar10.py:
+  # colab_gpu, ~3.5 min each) and the kNN evaluations make up the 20.
+  configlib.cifar_cpu(c, epochs=3)
+  c.model.width = 1.0
+  c.batch_size = 512
+  c.log_every_steps = 50
+
+
+VARIANTS = {"smoke": smoke, "cpu": cpu, "colab_gpu": colab_gpu}

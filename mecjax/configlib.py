@@ -390,7 +390,7 @@ def continued(c) -> None:
 
 
 def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
-               transform: str) -> ml_collections.ConfigDict:
+               transform: str, variants: dict | None = None) -> ml_collections.ConfigDict:
   """E2MC continued pre-training on CIFAR-10 from our own checkpoint of a base method.
 
   ``base_file`` is the base method's config (``configs/<method>_cifar10.py``); the run
@@ -398,16 +398,18 @@ def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
   ``init.workdir`` (default ``runs/<method>_cifar10_cpu``, where the README's base command
   writes it). Protocol as on ImageNet: 10 epochs, batch 512, 0.01 x the base learning rate,
   constant. Variants (``E2MC_CIFAR_VARIANTS``, comma-separated, composable): ``smoke`` (CI),
-  ``short`` (1 epoch: the benchmark's budget), ``continued`` (the same run without E2MC).
+  ``short`` (1 epoch: the benchmark's budget), ``continued`` (the same run without E2MC),
+  and the config's own ``variants`` (e.g. ``colab_gpu``, which also continues the base's
+  ``colab_gpu`` variant).
   """
   names = [n for n in (arg or "").split(",") if n]
-  base_variant = "smoke" if "smoke" in names else "cpu"
+  base_variant = next((v for v in ("smoke", "colab_gpu") if v in names), "cpu")
   c = load(base_file, base_variant)
   e2mc_continuation(c, beta=beta, gamma=gamma, transform=transform, epochs=10)
   c.init.workdir = f"runs/{c.method}_cifar10_{base_variant}"
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = None
-  return apply_variants(c, arg, E2MC_CIFAR_VARIANTS)
+  return apply_variants(c, arg, variants or E2MC_CIFAR_VARIANTS)
 
 
 def _e2mc_cifar_smoke(c) -> None:

@@ -88,7 +88,6 @@ def cli_env(devices: int = 1, cache: str | None = None, extra: dict | None = Non
   # (about 20% less of it; numbers compared between two runs see the same flags).
   env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
                       "--xla_backend_optimization_level=0")
-  env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
   env["JAX_PLATFORMS"] = "cpu"
   env["TF_CPP_MIN_LOG_LEVEL"] = "3"
   if cache:
@@ -98,9 +97,25 @@ def cli_env(devices: int = 1, cache: str | None = None, extra: dict | None = Non
   return env
 
 
+TORCH_MISSING = ("torch is not installed: the PyTorch checkpoint import/export tests skip "
+                 "(pip install -r requirements-torch.txt)")
+
+
+def require_torch():
+  """torch, or skip: raised here so pytest's summary folds every such skip into one line."""
+  return pytest.importorskip("torch", reason=TORCH_MISSING)
+
+
+def pytest_report_header(config):
+  import importlib.util
+  if importlib.util.find_spec("torch") is None:
+    return TORCH_MISSING
+
+
 def run_main(config: str, workdir, *overrides: str, devices: int = 1, cache: str | None = None,
              env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-  """``python -m mecjax.main --config=... --workdir=... [--config.K=V ...]`` from the repo."""
+  """``python -m mecjax.main --config=... --workdir=... [--config.K=V ...]`` in the repo (for
+  the relative config paths), importing the installed mecjax."""
   cmd = [sys.executable, "-m", "mecjax.main", f"--config={config}", f"--workdir={workdir}",
          *overrides]
   return subprocess.run(cmd, cwd=REPO, env=cli_env(devices, cache, env), capture_output=True,

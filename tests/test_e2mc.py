@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, cli_env, run_main
+from conftest import REPO, cli_env, require_torch, run_main
 from mecjax import checkpoint as ckpt_lib
 from mecjax import configlib, initialize, losses, methods, train
 from test_methods import BATCH, build, views
@@ -217,7 +217,7 @@ def test_imagenet_config_continues_a_release_layout_checkpoint(tmp_path, cifar_p
   """The ImageNet SwAV config at smoke size from a PyTorch checkpoint in SwAV's release
   layout (``{"state_dict": {"module.*", "module.projection_head.*",
   "module.prototypes.weight"}}``), written here from a mecjax initialisation."""
-  torch = pytest.importorskip("torch")
+  torch = require_torch()
   from mecjax import torch_port
   config = configlib.load(str(REPO / "configs" / "e2mc_swav_imagenet.py"), "smoke")
   run = methods.RunInfo(global_batch=BATCH, steps_per_epoch=4, total_steps=12)

@@ -13,9 +13,10 @@ import numpy as np
 import optax
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import REPO, cli_env, require_torch
 
-from conftest import REPO, cli_env  # noqa: E402
+torch = require_torch()
+
 from mecjax import checkpoint as ckpt_lib  # noqa: E402
 from mecjax import export, optim  # noqa: E402
 from mecjax.models import resnet50  # noqa: E402

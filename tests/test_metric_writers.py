@@ -35,7 +35,7 @@ print(json.dumps({"tf": tf_loaded, "rows": read_metrics(str(workdir)),
 def test_scalars_reach_jsonl_and_tensorboard_without_importing_tensorflow(tmp_path):
   proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO,
                         capture_output=True, text=True, timeout=120,
-                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+                        env={"PATH": "/usr/bin:/bin"})
   assert proc.returncode == 0, proc.stderr[-2000:]
   import json
   out = json.loads(proc.stdout.splitlines()[-1])

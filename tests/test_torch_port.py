@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import require_torch
+
+torch = require_torch()
 from torch import nn  # noqa: E402
 
 from mecjax import torch_port  # noqa: E402

@@ -47,6 +47,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, met
 def setup_logging() -> None:
   """mecjax's progress on stdout; other libraries' INFO chatter (orbax, grain) silenced."""
   absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("absl").addFilter(_orbax_thread_errors)
   logger = logging.getLogger("mecjax")
   if not logger.handlers:
     handler = logging.StreamHandler(sys.stdout)
@@ -54,6 +55,13 @@ def setup_logging() -> None:
     logger.addHandler(handler)
   logger.setLevel(logging.INFO)
   logger.propagate = False
+
+
+def _orbax_thread_errors(record: logging.LogRecord) -> bool:
+  """Drop orbax's error logs with tracebacks: they come from its background save threads,
+  whose exception orbax raises again in the main thread, where mecjax.checkpoint turns it
+  into the one line the run stops with (a disk-full save would print four tracebacks)."""
+  return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
 def fail(message: str, status: int = 2) -> None:

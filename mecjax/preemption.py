@@ -49,15 +49,19 @@ class StopSignals:
 
   def _handle(self, signum, frame) -> None:
     self.signum = signum
-    for s in SIGNALS:   # a second signal: the default action, at once
+    for s in self._previous:   # a second signal: the default action, at once
       signal.signal(s, signal.SIG_DFL)
     log.warning("%s received: stopping after this step with a checkpoint (a second "
                 "signal stops at once, keeping the previous checkpoint)",
                 signal.Signals(signum).name)
 
   def install(self) -> None:
-    if threading.current_thread() is threading.main_thread():   # notebooks' threads: none
-      for s in SIGNALS:
+    if threading.current_thread() is not threading.main_thread():   # notebooks' threads
+      return
+    for s in SIGNALS:
+      # An ignored signal stays ignored: a background job (launch/local.sh's processes)
+      # ignores the terminal's Ctrl-C, which its launcher passes on as SIGTERM.
+      if signal.getsignal(s) is not signal.SIG_IGN:
         self._previous[s] = signal.signal(s, self._handle)
 
   def restore(self) -> None:

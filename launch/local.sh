@@ -69,7 +69,7 @@ while [[ ${#running[@]} -gt 0 ]]; do
   done_pid=""
   wait -n -p done_pid "${running[@]}"
   rc=$?
-  [[ -z $done_pid ]] && continue   # a trapped signal interrupted the wait
+  [[ -z ${done_pid:-} ]] && continue   # a trapped signal interrupted the wait
   left=()
   for pid in "${running[@]}"; do [[ $pid != "$done_pid" ]] && left+=("$pid"); done
   running=("${left[@]}")

@@ -311,3 +311,35 @@ def test_lease_fallback_where_flock_is_missing(tmp_path, monkeypatch):
                               "renewed": time.time() - 2 * workdir.LEASE_SECONDS}))
   workdir.WorkdirLock(str(tmp_path)).acquire()   # an expired lease of another host
   lock.release()
+
+
+@pytest.mark.slow
+def test_two_processes_stop_on_a_signal_to_the_launcher_at_one_agreed_step(
+    reference, tmp_path, archive, compile_cache):
+  """kill -TERM of launch/local.sh 2: both processes save the same step and exit 75, the
+  launcher with them; the relaunch ends as the 1-process run (the 2-process tolerance of
+  test_train: another reduction order)."""
+  workdir = tmp_path / "two"
+  cmd = ["bash", "launch/local.sh", "2", f"--config={SMOKE}", f"--workdir={workdir}",
+         f"--config.data.path={archive}", *ARGS, "--config.checkpoint.stop_check_every_steps=2"]
+  env = {**cli_env(1, compile_cache), "PYTHON": sys.executable}
+  launcher = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+  wait_for_step(launcher, workdir, 2, timeout=600)
+  t = time.time()
+  launcher.send_signal(signal.SIGTERM)
+  out, err = launcher.communicate(timeout=120)
+  assert time.time() - t < 120
+  assert launcher.returncode == EXIT_PREEMPTED, err[-3000:]
+  stops = [line for line in err.splitlines() if "stopped by SIGTERM at step" in line]
+  assert len(stops) == 2 and len({s.split("at step ")[1].split(":")[0] for s in stops}) == 1
+  stopped = checkpoints(workdir)[-1]
+  assert checkpoints(workdir) == [stopped] and stopped < 12 and f"step {stopped}:" in stops[0]
+  resumed = ok(subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=900))
+  assert f"resumed from {workdir}/checkpoints/{stopped}" in resumed.stdout
+  rows_a, rows_b = read_metrics(reference), read_metrics(workdir)
+  assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
+  for k in ("loss", "lr", "ema_momentum"):
+    np.testing.assert_allclose([r[k] for r in rows_b], [r[k] for r in rows_a], rtol=5e-3)
+  np.testing.assert_allclose(rows_b[-1]["knn_top1"], rows_a[-1]["knn_top1"], atol=2 / 128)

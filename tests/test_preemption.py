@@ -164,6 +164,7 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_one_before_resumed(
   same_metrics(reference, workdir)
 
 
+@pytest.mark.slow
 def test_when_no_checkpoint_restores_the_run_stops_with_one_line(reference, tmp_path, archive):
   workdir = tmp_path / "run"
   shutil.copytree(reference, workdir)

@@ -6,6 +6,14 @@ it belongs to. orbax writes into a temporary directory and renames it when compl
 write killed half-way leaves the previous checkpoint as the newest one; leftover temporary
 directories are removed at start-up. Resuming into a workdir whose checkpoint was written by
 a different model stops with one line naming what differs.
+
+A checkpoint that cannot be restored (array files truncated or missing, metadata unreadable)
+is named in one line and moved aside to ``checkpoints/<step>.damaged`` (never deleted; orbax
+ignores the name), and the run resumes from the newest one that restores
+(``Checkpointer.restore_newest``); when none does the run stops with one line and moves
+nothing. A failed write (disk full, an I/O error, in orbax's background thread or not)
+stops with one line (``CheckpointError``); the previous checkpoint is untouched, because
+orbax deletes old checkpoints only after a new one is complete.
 """
 
 from __future__ import annotations
@@ -24,6 +32,18 @@ log = logging.getLogger(__name__)
 
 class CheckpointMismatch(ValueError):  # noqa: N818
   """The workdir holds a checkpoint of a different model."""
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be written, or no checkpoint of the workdir restores."""
+
+
+DAMAGED_SUFFIX = ".damaged"
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
 
 
 def fingerprint(config, params) -> dict:
@@ -62,18 +82,96 @@ class Checkpointer:
                                            cleanup_tmp_directories=True,
                                            enable_async_checkpointing=True)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._writing: int | None = None      # the step of a save not known to be complete
+    self._complete = self.manager.latest_step()
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def _write_error(self, e: Exception) -> CheckpointError:
+    previous = (f"the newest complete checkpoint, step {self._complete}, is intact"
+                if self._complete is not None else "no earlier checkpoint exists")
+    return CheckpointError(f"checkpoint of step {self._writing} could not be written in "
+                           f"{self.directory} ({_one_line(e)}); {previous}: free space or "
+                           "fix the file system, then rerun the same command")
+
+  def _settled(self) -> None:
+    """The pending save (if any) finished without an error."""
+    if self._writing is not None:
+      self._complete, self._writing = self._writing, None
+
   def save(self, step: int, state, data_state: dict, meta: dict) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-        meta=ocp.args.JsonSave(meta)))
+    try:
+      # orbax first waits for the previous save: its error, if any, surfaces here.
+      self.manager.wait_until_finished()
+      self._settled()
+      self._writing = step
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
+          meta=ocp.args.JsonSave(meta)))
+    except Exception as e:  # noqa: BLE001 - any failed write: one line, previous kept
+      raise self._write_error(e) from e
+
+  def restore_newest(self, abstract_state, meta: dict | None):
+    """(step, state, data_state) of the newest checkpoint that restores (checked against
+    ``meta`` first, unless None), or (None, None, None) when there is none. Damaged newer
+    ones are moved aside; ``CheckpointError`` when every checkpoint is damaged."""
+    import jax
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    failures = []
+    found = (None, None, None)
+    for step in steps:
+      try:
+        if meta is not None:
+          saved = self.manager.restore(step, args=ocp.args.Composite(
+              meta=ocp.args.JsonRestore()))["meta"]
+        else:
+          saved = None
+      except Exception as e:  # noqa: BLE001 - unreadable metadata: a damaged checkpoint
+        failures.append((step, e))
+      else:
+        if saved is not None:
+          self._check(step, saved, meta)   # another model: CheckpointMismatch, not damage
+        try:
+          found = (step, *self.restore(step, abstract_state))
+          break
+        except Exception as e:  # noqa: BLE001 - truncated / missing array files
+          failures.append((step, e))
+      log.warning("checkpoint %s/%d cannot be restored (%s)", self.directory, step,
+                  _one_line(failures[-1][1]))
+    chosen = found[0]
+    if jax.process_count() > 1:   # every process must resume from the same step
+      from jax.experimental import multihost_utils
+      everywhere = multihost_utils.process_allgather(np.int64(-1 if chosen is None else chosen))
+      if len(set(np.asarray(everywhere).tolist())) > 1:
+        raise CheckpointError(f"the processes restored different checkpoints of "
+                              f"{self.directory} ({sorted(set(everywhere.tolist()))}): is it "
+                              "on a file system every host sees alike?")
+    if steps and chosen is None:
+      raise CheckpointError(
+          f"no checkpoint in {self.directory} can be restored: "
+          + "; ".join(f"step {s}: {_one_line(e)}" for s, e in failures)
+          + " (nothing moved; move the directory aside to start afresh)")
+    if failures:
+      if jax.process_index() == 0:
+        for step, _ in failures:
+          aside = _aside(self.directory, step)
+          os.rename(os.path.join(self.directory, str(step)), aside)
+          log.warning("checkpoint step %d is damaged: moved to %s; resuming from step %d",
+                      step, aside, chosen)
+      if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("mecjax: damaged checkpoints moved aside")
+      self.manager.reload()
+    self._complete = chosen
+    return found
 
   def check_compatible(self, step: int, meta: dict) -> None:
     saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    diffs = _differences(saved["meta"], meta)
+    self._check(step, saved["meta"], meta)
+
+  def _check(self, step: int, saved: dict, meta: dict) -> None:
+    diffs = _differences(saved, meta)
     if diffs:
       raise CheckpointMismatch(
           f"workdir checkpoint {self.directory}/{step} belongs to a different model "
@@ -86,11 +184,32 @@ class Checkpointer:
     return out["state"], out["data"]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001 - a failed background write: one line
+      raise self._write_error(e) from e
+    self._settled()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # noqa: BLE001 - the write error above is the one to report
+        if self._writing is None:
+          raise
+
+
+def _aside(directory: str, step: int) -> str:
+  """``checkpoints/<step>.damaged`` (``.damaged.2``, ... when that is taken)."""
+  base = os.path.join(directory, f"{step}{DAMAGED_SUFFIX}")
+  path, n = base, 1
+  while os.path.exists(path):
+    n += 1
+    path = f"{base}.{n}"
+  return path
 
 
 def _read_only_manager(run_dir: str) -> ocp.CheckpointManager:

@@ -136,7 +136,11 @@ def base() -> ml_collections.ConfigDict:
                 required=False)       # the config continues trained weights: refuse none
 
 
-  c.checkpoint = dict(every_steps=placeholder(int), every_epochs=placeholder(float), keep=3)
+  c.checkpoint = dict(every_steps=placeholder(int), every_epochs=placeholder(float), keep=3,
+                      # Multi-process runs agree on a stop request (SIGTERM / SIGINT /
+                      # SIGUSR1) every this many steps, with a small all-gather read one
+                      # interval later (mecjax/preemption.py); one process checks every step.
+                      stop_check_every_steps=10)
   c.knn = dict(enabled=True, every_steps=placeholder(int), every_epochs=placeholder(float),
                k=200, temperature=0.1, max_train_examples=placeholder(int))
   c.probe = dict(enabled=True, lr=0.1, momentum=0.9, weight_decay=0.0)
@@ -151,6 +155,32 @@ def base() -> ml_collections.ConfigDict:
   c.eval_batch_size = 512
   c.lock()
   return c
+
+
+# Keys that must be > 0 when set (None: unset), and keys that must be >= 0.
+POSITIVE = ("batch_size", "eval_batch_size", "total_steps", "total_epochs", "log_every_steps",
+            "optim.base_lr", "checkpoint.every_steps", "checkpoint.every_epochs",
+            "checkpoint.keep", "checkpoint.stop_check_every_steps", "knn.every_steps",
+            "knn.every_epochs", "knn.k", "data.image_size", "data.max_train_examples",
+            "data.max_eval_examples", "data.host_threads")
+NON_NEGATIVE = ("optim.warmup_steps", "optim.warmup_epochs", "optim.weight_decay",
+                "optim.end_lr_factor", "optim.momentum", "probe.lr", "data.prefetch_batches")
+
+
+def validate(config) -> None:
+  """Stop with one line naming the first key whose value cannot make sense: a learning rate,
+  batch size, duration or interval that is zero or negative (train.run and the offline
+  evaluations call it first, before any data is read)."""
+  for keys, ok, expected in ((POSITIVE, lambda v: v > 0, "> 0"),
+                             (NON_NEGATIVE, lambda v: v >= 0, ">= 0")):
+    for key in keys:
+      value = config
+      for part in key.split("."):
+        value = value.get(part) if value is not None else None
+      if value is None or isinstance(value, bool):
+        continue
+      if not isinstance(value, (int, float)) or value != value or not ok(value):
+        raise ConfigError(f"config.{key}={value!r}: expected a number {expected}")
 
 
 def apply_variants(config: ml_collections.ConfigDict, arg: str | None,

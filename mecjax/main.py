@@ -2,10 +2,21 @@ r"""Command line: ``python -m mecjax.main --config=configs/NAME.py[:VARIANT] --w
 [--config.KEY=VALUE ...]``; everything else is ``mecjax.train.run`` (or, as ``config.task``
 says, the offline linear probe / fine-tuning of ``mecjax.evaluators``).
 
-Rerunning the same command resumes from the newest checkpoint in DIR. Bad input (a key that
-does not exist, a missing data path, a split that does not exist, a batch that does not
-split over the devices, a workdir of another model) stops with one line on stderr and exit
-status 2; a non-finite loss stops with exit status 3.
+Rerunning the same command resumes from the newest checkpoint in DIR that restores (a
+damaged newer one is moved aside to ``checkpoints/<step>.damaged``). Exit statuses, each
+failure with one line on stderr (README "Preemption and faults"):
+
+  0   the run is complete (also a rerun of a complete run, which does nothing)
+  2   bad input: a key that does not exist, a zero or negative learning rate / batch size /
+      duration, a missing data path, a truncated or corrupt archive, a split that does not
+      exist, a batch that does not split over the devices, a workdir of another model, or a
+      workdir another live run is using (the line names its host and pid)
+  3   a non-finite loss or parameters (the last checkpoint is kept intact)
+  4   a checkpoint could not be written (disk full, I/O error: the previous one is intact),
+      or no checkpoint of the workdir can be restored
+  75  stopped by SIGTERM, SIGINT or SIGUSR1 after saving a checkpoint at the step it was
+      on (``mecjax.preemption.EXIT_PREEMPTED``): rerun the same command to continue
+  128+N  killed by a second signal N during that save (the previous checkpoint is intact)
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, met
 def setup_logging() -> None:
   """mecjax's progress on stdout; other libraries' INFO chatter (orbax, grain) silenced."""
   absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("absl").addFilter(_orbax_thread_errors)
   logger = logging.getLogger("mecjax")
   if not logger.handlers:
     handler = logging.StreamHandler(sys.stdout)
@@ -43,6 +55,13 @@ def setup_logging() -> None:
     logger.addHandler(handler)
   logger.setLevel(logging.INFO)
   logger.propagate = False
+
+
+def _orbax_thread_errors(record: logging.LogRecord) -> bool:
+  """Drop orbax's error logs with tracebacks: they come from its background save threads,
+  whose exception orbax raises again in the main thread, where mecjax.checkpoint turns it
+  into the one line the run stops with (a disk-full save would print four tracebacks)."""
+  return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
 def fail(message: str, status: int = 2) -> None:
@@ -62,7 +81,7 @@ def main(argv) -> None:
   if jax.process_index() != 0:
     logging.getLogger("mecjax").setLevel(logging.WARNING)
 
-  from mecjax import checkpoint, configlib, train
+  from mecjax import checkpoint, configlib, preemption, train
   from mecjax.data.sources import DataError
   try:
     config = _CONFIG.value
@@ -75,6 +94,11 @@ def main(argv) -> None:
     fail(str(e))
   except train.NonFiniteError as e:
     fail(str(e), status=3)
+  except checkpoint.CheckpointError as e:
+    fail(str(e), status=4)
+  except preemption.Preempted as e:
+    print(f"mecjax: {e}", file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_PREEMPTED)
 
 
 # config.task -> the module whose run(config, workdir) does it (imported when chosen).

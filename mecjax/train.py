@@ -31,6 +31,8 @@ from mecjax import models
 from mecjax import monitors
 from mecjax import optim
 from mecjax import parallel
+from mecjax import preemption
+from mecjax import workdir as workdir_lib
 from mecjax.data import sources
 
 log = logging.getLogger("mecjax")
@@ -72,10 +74,12 @@ def run(config, workdir: str) -> dict:
   if config.task != "pretrain":   # linear / finetune: mecjax.main.run_task dispatches them
     raise configlib.ConfigError(f"config.task={config.task!r}: train.run pre-trains; run "
                                 "this config with python -m mecjax.main")
+  configlib.validate(config)
   init_from = initialize.requested(config)
   workdir = os.path.abspath(workdir)
   is_main = parallel.is_main_process()
   os.makedirs(workdir, exist_ok=True)
+  workdir_lib.lock(workdir)   # before anything is written: another live run stops us here
   if is_main:   # what the evaluation commands read back (mecjax.evaluate)
     configlib.save(config, workdir)
   mesh = parallel.make_mesh()
@@ -143,11 +147,9 @@ def run(config, workdir: str) -> dict:
 
   # ---------------------------------------------------------------- restore
   checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep)
-  latest = checkpointer.latest_step()
-  data_state = None
+  # The newest checkpoint that restores; damaged newer ones are moved aside.
+  latest, state, data_state = checkpointer.restore_newest(abstract, meta)
   if latest is not None:
-    checkpointer.check_compatible(latest, meta)
-    state, data_state = checkpointer.restore(latest, abstract)
     log.info("resumed from %s/%d", checkpointer.directory, latest)
   else:
     state = jax.jit(init_state, static_argnums=0, out_shardings=repl)(config.seed)
@@ -162,6 +164,7 @@ def run(config, workdir: str) -> dict:
     log.info("run already complete at step %d", start_step)
     checkpointer.close()
     writer.close()
+    workdir_lib.release(workdir)
     return _last_metrics(workdir) if is_main else {}
 
   train_input = data_lib.TrainInput(
@@ -239,7 +242,11 @@ def run(config, workdir: str) -> dict:
   log.info("training steps %d..%d of %d (%d per epoch); logging every %d, eval every %d, "
            "checkpoint every %d", start_step, total_steps, total_steps, steps_per_epoch,
            log_every, eval_every, ckpt_every)
+  # SIGTERM / SIGINT / SIGUSR1: finish the step, save it, flush, raise Preempted.
+  stop = preemption.StopSignals()
+  agreed_stop = preemption.StopAgreement(stop, mesh, config.checkpoint.stop_check_every_steps)
   try:
+    stop.install()
     for step in range(start_step + 1, total_steps + 1):
       batch = next(train_input)
       state, metrics = p_train_step(state, batch)
@@ -260,10 +267,18 @@ def run(config, workdir: str) -> dict:
       if step % ckpt_every == 0 or step == total_steps:
         save(step)
         timer["t"] = time.time()
+      signum = agreed_stop(step)
+      if signum is not None and step < total_steps:
+        if last_saved != step:
+          save(step)
+        checkpointer.wait()   # the checkpoint is complete before the process ends
+        raise preemption.Preempted(signum, step, checkpointer.directory)
     flush()
   finally:
+    stop.restore()
     checkpointer.close()
     writer.close()
+    workdir_lib.release(workdir)
   return last_row
 
 

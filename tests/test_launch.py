@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -275,3 +276,51 @@ def test_local_launcher_fails_with_the_status_of_a_failed_process_and_stops_the_
   assert sorted(pids) == ["0", "1"]
   assert f"process 1 (pid {pids['1']}) exited with status {status}" in proc.stderr
   assert not Path(f"/proc/{pids['0']}").exists(), "process 0 outlived the launcher"
+
+
+# ------------------------------------------------------- SLURM time limit and requeue
+
+FAKE_SRUN = """#!/usr/bin/env bash
+# Stands in for srun running mecjax: saves and exits 75 on SIGUSR1 or SIGTERM.
+sleep 60 & nap=$!
+trap 'echo "srun got USR1" >> {calls}; kill $nap; exit 75' USR1
+trap 'echo "srun got TERM" >> {calls}; kill $nap; exit 75' TERM
+touch {ready}
+wait
+"""
+
+
+@pytest.mark.parametrize("sig,requeued", [("USR1", True), ("TERM", False)])
+def test_slurm_job_passes_the_time_limit_warning_on_and_requeues_after_the_checkpoint(
+    tmp_path, sig, requeued):
+  """--signal=B:USR1@...: the job script passes USR1 to srun and, when the run exits 75
+  (checkpoint saved), requeues the job; a plain SIGTERM (scancel, or a preemption that
+  SLURM requeues itself) is not passed on (SLURM signals every task) and not requeued."""
+  header = (REPO / "launch/slurm.sbatch").read_text()
+  assert re.search(r"^#SBATCH --signal=B:USR1@\d+$", header, re.M)
+  assert re.search(r"^#SBATCH --requeue$", header, re.M)
+  bin_dir = stand_ins(tmp_path, "scontrol")
+  ready = tmp_path / "ready"
+  srun = bin_dir / "srun"
+  srun.write_text(FAKE_SRUN.replace("{calls}", str(tmp_path / "calls"))
+                  .replace("{ready}", str(ready)))
+  srun.chmod(0o755)
+  env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+         "SLURM_JOB_ID": "4321"}
+  env.pop("MECJAX_DRY_RUN", None)
+  job = subprocess.Popen(["bash", "launch/slurm.sbatch", *MAIN_ARGS], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 30
+  while not ready.exists() and time.time() < deadline:
+    time.sleep(0.05)
+  if sig == "USR1":
+    job.send_signal(signal.SIGUSR1)
+  else:   # SLURM signals the batch shell and the tasks alike
+    job.send_signal(signal.SIGTERM)
+    os.kill(int(subprocess.run(["pgrep", "-P", str(job.pid), "-f", "srun"], capture_output=True,
+                               text=True).stdout.split()[0]), signal.SIGTERM)
+  out, err = job.communicate(timeout=30)
+  assert job.returncode == 75, err
+  recorded = (tmp_path / "calls").read_text().splitlines()
+  assert recorded.count(f"srun got {sig}") == 1, recorded   # one signal, not two
+  assert ("scontrol requeue 4321" in recorded) == requeued, recorded

@@ -17,6 +17,7 @@ import logging
 import os
 import tarfile
 import threading
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -113,14 +114,27 @@ class LocalImages:
         r = os.path.relpath(root, path)
         rel.extend(os.path.join(r, f) if r != "." else f for f in files)
       self.relpaths = rel
-    elif tarfile.is_tarfile(path):
+    else:
       with open(path, "rb") as f:
         magic = f.read(6)
       compressed = magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))
+      if not _is_tarfile(path):
+        what = "a compressed file that does not hold a readable tar archive (truncated or " \
+            "corrupt?)" if compressed else "neither a folder nor a tar archive"
+        raise DataError(f"config.data.path={path!r} is {what}")
       self.kind = "targz" if compressed else "tar"
       if compressed and os.path.getsize(path) > MAX_COMPRESSED_ARCHIVE_BYTES:
         raise DataError(f"{path} is a compressed archive of {os.path.getsize(path) >> 30} GiB: "
                         "extract it, or repack it as an uncompressed .tar, to read it in place")
+      self._index_archive(path, compressed)
+      self.relpaths = list(self._blobs or self._members)
+
+  def _index_archive(self, path: str, compressed: bool) -> None:
+    """Every image member of the archive: its bytes (.tar.gz) or place (.tar). A cut-short
+    or corrupt archive stops with one line (tarfile would end in EOFError or zlib.error, or
+    for an uncompressed .tar silently stop at the cut)."""
+    size = os.path.getsize(path)
+    try:
       with tarfile.open(path, "r:*" if compressed else "r:") as tf:
         for m in tf:
           if not m.isfile() or not _is_image(m.name):
@@ -128,10 +142,30 @@ class LocalImages:
           if compressed:
             self._blobs[m.name] = tf.extractfile(m).read()
           else:
+            if m.offset_data + m.size > size:
+              raise DataError(f"config.data.path={path!r} is truncated: member {m.name!r} "
+                              f"needs bytes up to {m.offset_data + m.size}, the file has "
+                              f"{size}")
             self._members[m.name] = (m.offset_data, m.size)
-      self.relpaths = list(self._blobs or self._members)
-    else:
-      raise DataError(f"config.data.path={path!r} is neither a folder nor a tar archive")
+        # tarfile ends quietly at a header it cannot read past the first: a cut at a member
+        # boundary, or garbage. A whole archive ends with zero blocks after its last member.
+        tf.fileobj.seek(tf.offset)
+        end = tf.fileobj.read(512)
+        if len(end) < 512 or end.count(0) != 512:
+          last = f"after member {m.name!r} " if tf.members else ""
+          raise DataError(f"config.data.path={path!r} is truncated or corrupt: it ends {last}"
+                          "without the end-of-archive blocks (at byte "
+                          f"{tf.offset}{' of the decompressed stream' if compressed else ''})")
+        while compressed and tf.fileobj.read(1 << 20):   # the gzip CRC check at its end
+          pass
+    except DataError:
+      raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+      kind = "compressed tar archive" if compressed else "tar archive"
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
+      raise DataError(f"config.data.path={path!r}: the {kind} is truncated or corrupt "
+                      f"({type(e).__name__}: {reason}); after {len(self._blobs) + len(self._members)} "
+                      "images: download or pack it again") from None
 
   def split(self, split: str) -> FileIndex:
     return _split_relpaths(self.relpaths, split, self.path)
@@ -149,6 +183,13 @@ class LocalImages:
       if fd is None:
         fd = self._fds[pid] = os.open(self.path, os.O_RDONLY)
     return os.pread(fd, size, offset)
+
+
+def _is_tarfile(path: str) -> bool:
+  try:
+    return tarfile.is_tarfile(path)
+  except (OSError, EOFError, zlib.error):
+    return False
 
 
 # --------------------------------------------------------------------------- sources

@@ -46,6 +46,8 @@ from mecjax import methods
 from mecjax import metric_writers
 from mecjax import models
 from mecjax import parallel
+from mecjax import preemption
+from mecjax import workdir as workdir_lib
 from mecjax.data import augment
 from mecjax.data.sources import DataError
 from mecjax.evaluators import metrics as metrics_lib
@@ -285,15 +287,20 @@ class Classification:
 
 
 def saved_meta(workdir: str) -> dict | None:
-  """The meta record of a classifier run's newest checkpoint, or None when it has none."""
+  """The meta record of a classifier run's newest checkpoint whose meta is readable (a
+  damaged one is the restore's business), or None when it has none."""
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     return None
   manager = ocp.CheckpointManager(os.path.abspath(directory),
                                   options=ocp.CheckpointManagerOptions(read_only=True))
-  step = manager.latest_step()
-  meta = None if step is None else manager.restore(
-      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  meta = None
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      break
+    except Exception:  # noqa: BLE001 - unreadable: Checkpointer.restore_newest says so
+      continue
   manager.close()
   return meta
 
@@ -334,11 +341,8 @@ def fit(config, workdir: str, task: Classification) -> dict:
   meta = dict(task.meta, param_shapes=ckpt_lib.fingerprint(config, abstract.params)[
       "param_shapes"])
   checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep)
-  latest = checkpointer.latest_step()
-  data_state = None
+  latest, state, data_state = checkpointer.restore_newest(abstract, meta)
   if latest is not None:
-    checkpointer.check_compatible(latest, meta)
-    state, data_state = checkpointer.restore(latest, abstract)
     log.info("resumed from %s/%d", checkpointer.directory, latest)
   else:
     state = jax.jit(init_state, static_argnums=0, out_shardings=repl)(config.seed)
@@ -351,6 +355,7 @@ def fit(config, workdir: str, task: Classification) -> dict:
   is_main = parallel.is_main_process()
   if start_step >= total_steps:
     checkpointer.close()
+    workdir_lib.release(workdir)
     log.info("%s run already complete at step %d: nothing to do", prefix, start_step)
     rows = metric_writers.read_metrics(workdir) if is_main else []
     return rows[-1] if rows else {}
@@ -408,7 +413,10 @@ def fit(config, workdir: str, task: Classification) -> dict:
 
   log.info("%s: steps %d..%d of %d (%d per epoch, batch %d)", prefix, start_step,
            total_steps, total_steps, steps_per_epoch, global_batch)
+  stop = preemption.StopSignals()
+  agreed_stop = preemption.StopAgreement(stop, mesh, config.checkpoint.stop_check_every_steps)
   try:
+    stop.install()
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = p_step(state, frozen, next(train_input))
       pending.append((step, metrics))
@@ -431,9 +439,18 @@ def fit(config, workdir: str, task: Classification) -> dict:
         flush()
         checkpointer.save(step, state, train_input.get_state(), meta)
         last_saved = step
+      signum = agreed_stop(step)
+      if signum is not None and step < total_steps:
+        if last_saved != step:
+          flush()
+          checkpointer.save(step, state, train_input.get_state(), meta)
+        checkpointer.wait()
+        raise preemption.Preempted(signum, step, checkpointer.directory)
   finally:
+    stop.restore()
     checkpointer.close()
     writer.close()
+    workdir_lib.release(workdir)
   return last_row
 
 
@@ -447,10 +464,12 @@ def prepare(config, workdir: str, task: str) -> tuple[str, dict]:
   if config.task != task:
     raise configlib.ConfigError(f"config.task={config.task!r}: this entry point runs "
                                 f"{task!r}")
+  configlib.validate(config)
   initialize.requested(config)
   adopt_run_config(config)
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
+  workdir_lib.lock(workdir)   # another live run on this workdir stops us here
   if parallel.is_main_process():
     configlib.save(config, workdir)
   meta = saved_meta(workdir)

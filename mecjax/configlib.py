@@ -339,11 +339,11 @@ def imagenet_data(c) -> None:
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.image_size = 224
-  # Per host: about 1.4 cores per 1,000 images/s of decode + 2 crops (benchmarks/RESULTS.md,
-  # "Host input"), so 8 GPUs at ~10,000 images/s want ~14+ cores; one process per 2 cores
-  # of a typical 32-core GPU host, each with a few threads for file reads.
-  c.data.host_workers = 16
-  c.data.host_threads = 4
+  # Per host: decode + 2 crops cost ~4.3 ms of one (loaded, shared) core per image, i.e.
+  # ~4.3 cores per 1,000 images/s (benchmarks/RESULTS.md, "Host input"): an 8-GPU host at
+  # ~10,000 images/s wants ~40 cores, so 32 worker processes of 2 reading threads each.
+  c.data.host_workers = 32
+  c.data.host_threads = 2
   c.aug.name = "mocov3"
   c.aug.blur_prob = (1.0, 0.1)
   c.aug.solarize_prob = (0.0, 0.2)

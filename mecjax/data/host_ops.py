@@ -10,8 +10,12 @@ from the image's header size before any pixel is decoded (the draws do not depen
 so the JPEG can be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain (PIL's ``draft``)
 when every crop is still at least its output side at that scale. Without ``draft`` it gives
 the pixels of ``random_resized_crop_flip`` on the fully decoded image, bit for bit; with it,
-only images whose every crop is >= 2x its output side change (measured on a synthetic
-ImageNet-like folder by ``benchmarks/bench_host_input.py``: MEASURED).
+only images whose every crop is >= 2x its output side change. Measured on synthetic JPEGs
+(``benchmarks/bench_host_input.py``, quality 90, vs full decode then resize, 0-255 levels):
+at ImageNet's usual ~500x375 it applies to ~1 image in 64 with two 224 crops (both crops
+need a side >= 448), mean abs 1.4, max 9; on the tail of large photos (~1600x1300) to half
+the images, mean abs 2.9, max abs 53-60 (at sharp edges), and decode + 2 crops costs 30%
+less (+ 6 local crops: 38% less).
 """
 
 from __future__ import annotations

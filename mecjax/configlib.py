@@ -339,8 +339,8 @@ def imagenet_data(c) -> None:
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.image_size = 224
-  # Per host: decode + 2 crops cost ~4.3 ms of one (loaded, shared) core per image, i.e.
-  # ~4.3 cores per 1,000 images/s (benchmarks/RESULTS.md, "Host input"): an 8-GPU host at
+  # Per host: decode + 2 crops cost ~3.8 ms of one (loaded, shared) core per image, i.e.
+  # ~3.8 cores per 1,000 images/s (benchmarks/RESULTS.md, "Host input"): an 8-GPU host at
   # ~10,000 images/s wants ~40 cores, so 32 worker processes of 2 reading threads each.
   c.data.host_workers = 32
   c.data.host_threads = 2

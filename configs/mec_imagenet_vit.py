@@ -98,6 +98,7 @@ def cpu(c):
   c.data.in_memory = False
   c.data.eval_split = "test"
   c.data.host_threads = 4
+  c.data.host_workers = 0   # a CPU run on a small machine: crops in the training process
   c.knn.max_train_examples = None
   c.knn.every_epochs = None
   c.knn.k = 20

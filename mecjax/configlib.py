@@ -64,7 +64,10 @@ def base() -> ml_collections.ConfigDict:
       max_train_examples=placeholder(int),  # deterministic class-balanced subset
       max_eval_examples=placeholder(int),
       in_memory=placeholder(bool),    # decode the whole split once; default: image_size <= 64
-      host_threads=8,
+      host_threads=8,                 # reading threads (per worker process if host_workers)
+      host_workers=0,                 # host worker processes decoding and cropping (grain
+                                      # multiprocessing; the same batches for any count);
+                                      # 0: in this process (CPU runs, tests)
       prefetch_batches=4,
   )
   c.aug = dict(
@@ -84,6 +87,10 @@ def base() -> ml_collections.ConfigDict:
       local_crop_scale=(0.05, 0.14),  # their crop area range (SwAV: 96 px at (0.05, 0.14))
       local_blur_prob=0.0,            # every local view (SwAV/DINO: blur p=0.5 at 96 px)
       local_solarize_prob=0.0,        # every local view (SwAV/DINO: none)
+      # Host crops from JPEG files (aug.name="mocov3"): decode at 1/2, 1/4, 1/8 scale in the
+      # DCT domain when every crop is still >= its output side there (PIL draft); changes
+      # those images' pixels slightly (benchmarks/RESULTS.md, "Host input"). False: full decode.
+      jpeg_draft=True,
   )
 
   c.optim = dict(
@@ -362,7 +369,11 @@ def imagenet_data(c) -> None:
   c.data.train_split = "train"
   c.data.eval_split = "validation"
   c.data.image_size = 224
-  c.data.host_threads = 32
+  # Per host: decode + 2 crops cost ~3.8 ms of one (loaded, shared) core per image, i.e.
+  # ~3.8 cores per 1,000 images/s (benchmarks/RESULTS.md, "Host input"): an 8-GPU host at
+  # ~10,000 images/s wants ~40 cores, so 32 worker processes of 2 reading threads each.
+  c.data.host_workers = 32
+  c.data.host_threads = 2
   c.aug.name = "mocov3"
   c.aug.blur_prob = (1.0, 0.1)
   c.aug.solarize_prob = (0.0, 0.2)
@@ -380,6 +391,7 @@ def imagenet_smoke(c) -> None:
   c.data.in_memory = False
   c.data.eval_split = "test"
   c.data.host_threads = 4
+  c.data.host_workers = 0
   c.total_steps = 10
   c.knn.max_train_examples = None
 

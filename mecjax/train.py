@@ -170,7 +170,7 @@ def run(config, workdir: str) -> dict:
   train_input = data_lib.TrainInput(
       train_src, global_batch=global_batch, seed=config.seed, mesh=mesh,
       total_steps=total_steps, host_transform=recipe.host_transform(),
-      threads=dcfg.host_threads, prefetch=dcfg.prefetch_batches)
+      threads=dcfg.host_threads, prefetch=dcfg.prefetch_batches, workers=dcfg.host_workers)
   if data_state is not None:
     train_input.set_state(data_state)
 

@@ -328,6 +328,38 @@ class DeviceCropRecipe(Recipe):
     return out
 
 
+class HostCrops:
+  """The host part of ``HostCropRecipe``: ``f(example, step) -> example`` on a decoded image,
+  and ``from_encoded(data, index, step)`` on the file's bytes (the pipeline's path for
+  files, which may decode JPEGs at reduced DCT scale, ``draft``). A plain picklable object:
+  grain's worker processes receive it."""
+
+  def __init__(self, seed, num_global, size, scale, num_local, local_size, local_scale,
+               draft: bool):
+    self.seed, self.num_local, self.draft = seed, num_local, draft
+    # Locals drawn after the globals, from the same generator: the globals do not move.
+    self.specs = [(size, scale)] * num_global + [(local_size, local_scale)] * num_local
+
+  def _pack(self, crops):
+    if not self.num_local:
+      return np.stack(crops)
+    k = len(crops) - self.num_local
+    return {"global": np.stack(crops[:k]), "local": np.stack(crops[k:])}
+
+  def _rng(self, index, step):
+    return np.random.default_rng([self.seed, int(step), int(index)])
+
+  def __call__(self, ex: dict, step: int) -> dict:
+    rng = self._rng(ex["index"], step)
+    crops = [host_ops.random_resized_crop_flip(ex["image"], rng, size, scale)
+             for size, scale in self.specs]
+    return {**ex, "image": self._pack(crops)}
+
+  def from_encoded(self, data: bytes, index: int, step: int):
+    return self._pack(host_ops.crops_from_encoded(data, self._rng(index, step), self.specs,
+                                                  self.draft))
+
+
 class HostCropRecipe(Recipe):
   """Crops and flips on the host from the full-size image (MoCo v3 at 224).
 
@@ -337,22 +369,9 @@ class HostCropRecipe(Recipe):
   """
 
   def host_transform(self):
-    seed, size, scale = self.seed, self.size, tuple(self.cfg.crop_scale)
-    num_global, num_local = self.num_global, self.num_local
-    local_size, local_scale = self.local_size, tuple(self.cfg.local_crop_scale)
-
-    def transform(ex: dict, step: int) -> dict:
-      rng = np.random.default_rng([seed, step, int(ex["index"])])
-      crops = np.stack([host_ops.random_resized_crop_flip(ex["image"], rng, size, scale)
-                        for _ in range(num_global)])
-      if not num_local:
-        return {**ex, "image": crops}
-      # Drawn after the global crops, from the same generator: the globals are unchanged.
-      local = np.stack([host_ops.random_resized_crop_flip(ex["image"], rng, local_size,
-                                                          local_scale)
-                        for _ in range(num_local)])
-      return {**ex, "image": {"global": crops, "local": local}}
-    return transform
+    return HostCrops(self.seed, self.num_global, self.size, tuple(self.cfg.crop_scale),
+                     self.num_local, self.local_size, tuple(self.cfg.local_crop_scale),
+                     draft=bool(self.cfg.get("jpeg_draft", True)))
 
   def eval_transform(self):
     size = self.size

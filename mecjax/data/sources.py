@@ -167,6 +167,14 @@ class LocalImages:
                       f"({type(e).__name__}: {reason}); after {len(self._blobs) + len(self._members)} "
                       "images: download or pack it again") from None
 
+  def __getstate__(self):
+    # Pickled into grain's worker processes (config.data.host_workers): the lock and the
+    # open file descriptors stay behind, each process opens its own.
+    return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_fds")}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _lock=threading.Lock(), _fds={})
+
   def split(self, split: str) -> FileIndex:
     return _split_relpaths(self.relpaths, split, self.path)
 
@@ -232,13 +240,18 @@ class EncodedSource:
     return len(self.names)
 
   def __getitem__(self, i: int) -> dict:
+    return self.load(i, decode_rgb)
+
+  def load(self, i: int, decode) -> dict:
+    """Example ``i`` with ``image = decode(encoded bytes)`` (``decode`` may crop, as the
+    host crops of large images do); a file ``decode`` fails on is skipped as above."""
     i = int(i)
     for attempt in range(len(self)):
       j = (i + attempt) % len(self)
       if j in self._bad:
         continue
       try:
-        image = decode_rgb(self.images.read(self.names[j]))
+        image = decode(self.images.read(self.names[j]))
       except Exception as e:  # noqa: BLE001 - any unreadable file is skipped, not fatal
         self._bad.add(j)
         self.skipped += 1

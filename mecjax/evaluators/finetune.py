@@ -71,7 +71,7 @@ def run(config, workdir: str) -> dict:
   make_input = lambda total: data_lib.TrainInput(
       train_src, global_batch=config.batch_size, seed=config.seed, mesh=mesh,
       total_steps=total, host_transform=recipe.host_transform(), threads=dcfg.host_threads,
-      prefetch=dcfg.prefetch_batches)
+      prefetch=dcfg.prefetch_batches, workers=dcfg.host_workers)
   meta = downstream.base_meta(config, "finetune", source, num_outputs)
   meta["train_examples"] = len(train_src)
   return downstream.fit(config, workdir, downstream.Classification(

@@ -154,7 +154,7 @@ def run(config, workdir: str) -> dict:
   make_input = lambda total: data_lib.TrainInput(
       train_src, global_batch=config.batch_size, seed=config.seed, mesh=mesh,
       total_steps=total, host_transform=recipe.host_transform(),
-      threads=dcfg.host_threads, prefetch=dcfg.prefetch_batches)
+      threads=dcfg.host_threads, prefetch=dcfg.prefetch_batches, workers=dcfg.host_workers)
 
   def logits(params, batch_stats, frozen, batch, step, key, train):
     views = downstream.train_view(recipe, batch["image"], batch["index"], step, key)

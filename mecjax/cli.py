@@ -36,11 +36,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
     return 2
   if command == "train":
-    # mecjax.main sets its XLA_FLAGS default on import, before JAX starts its backend; absl
-    # parses sys.argv, so the flags are handed over as the program's own.
-    from mecjax import main as train_main
+    # Run as ``python -m mecjax.main`` runs (no module imports the command line): absl parses
+    # sys.argv, so the flags are handed over as the program's own.
+    import runpy
     sys.argv = ["mecjax train", *rest]
-    train_main.run_cli()
+    runpy.run_module("mecjax.main", run_name="__main__", alter_sys=True)
     return 0
   if command == "evaluate":
     from mecjax import evaluate

@@ -39,7 +39,7 @@ import logging
 import os
 import sys
 
-from mecjax import main as _cli_env  # noqa: F401  (XLA flags before the backend starts)
+from mecjax import entry  # noqa: F401  (default XLA flags, before JAX starts its backend)
 
 log = logging.getLogger("mecjax")
 
@@ -368,7 +368,7 @@ def parse(argv=None):
 def main(argv=None) -> int:
   from mecjax import checkpoint, configlib
   from mecjax.data.sources import DataError
-  from mecjax.main import setup_logging
+  from mecjax.entry import setup_logging
   args = parse(argv)
   setup_logging()
   try:

@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-from mecjax import main as _cli_env  # noqa: F401  (XLA flags before the backend starts)
+from mecjax import entry  # noqa: F401  (default XLA flags, before JAX starts its backend)
 
 FORMATS = ("torchvision", "safetensors", "detectron2")
 

@@ -22,46 +22,19 @@ failure with one line on stderr (README "Preemption and faults"):
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
-# CPU speed: XLA's YNNPACK fusions of the BN reductions are slower than XLA's own on x86
-# (benchmarks/RESULTS.md); switched off unless the user set XLA_FLAGS themselves. The flag
-# must be in the environment before the XLA backend starts.
-if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", "") and \
-    os.environ.get("MECJAX_DEFAULT_XLA_FLAGS", "1") == "1":
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_cpu_experimental_ynn_fusion_type=").strip()
+from mecjax import entry  # noqa: F401  (default XLA flags, before JAX starts its backend)
+from mecjax.entry import setup_logging
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from absl import logging as absl_logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, as configs/NAME.py or configs/NAME.py:VARIANT.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, logs.")
-
-
-def setup_logging() -> None:
-  """mecjax's progress on stdout; other libraries' INFO chatter (orbax, grain) silenced."""
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("absl").addFilter(_orbax_thread_errors)
-  logger = logging.getLogger("mecjax")
-  if not logger.handlers:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    logger.addHandler(handler)
-  logger.setLevel(logging.INFO)
-  logger.propagate = False
-
-
-def _orbax_thread_errors(record: logging.LogRecord) -> bool:
-  """Drop orbax's error logs with tracebacks: they come from its background save threads,
-  whose exception orbax raises again in the main thread, where mecjax.checkpoint turns it
-  into the one line the run stops with (a disk-full save would print four tracebacks)."""
-  return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
 def fail(message: str, status: int = 2) -> None:

@@ -26,7 +26,8 @@ from mecjax import configlib
 
 def get_config(arg: str | None = None):
   return configlib.e2mc_cifar(os.path.join(os.path.dirname(__file__), "swav_cifar10.py"),
-                              arg, beta=1.0, gamma=25.0, transform="gaussian_cdf")
+                              arg, beta=1.0, gamma=25.0, transform="gaussian_cdf",
+                              eps=configlib.FLOAT32_EPS)
 
 
 VARIANTS = configlib.E2MC_CIFAR_VARIANTS

@@ -51,7 +51,8 @@ def get_config(arg: str | None = None):
   c.optim.weight_decay = 1e-6
   c.optim.trust_coefficient = 0.001
   c.optim.exclude_1d = True
-  configlib.e2mc_continuation(c, beta=1.0, gamma=25.0, transform="gaussian_cdf", epochs=10)
+  configlib.e2mc_continuation(c, beta=1.0, gamma=25.0, transform="gaussian_cdf", epochs=10,
+                               eps=configlib.FLOAT32_EPS)
   c.log_every_steps = 100
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = 5

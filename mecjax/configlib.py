@@ -92,6 +92,10 @@ def base() -> ml_collections.ConfigDict:
       end_lr_factor=0.0,              # cosine ends at end_lr_factor x lr
       warmup_steps=placeholder(int),
       warmup_epochs=placeholder(float),
+      # Warm-up convention (mecjax.optim.warmup_cosine): "optax" reaches base_lr at step W
+      # (solo-learn, MoCo v3); "official" is the MEC / E2MC code's np.linspace(0, lr, W),
+      # base_lr at step W-1 (the MEC and E2MC configs set it).
+      schedule="optax",
       momentum=0.9,
       nesterov=False,
       weight_decay=5e-4,
@@ -107,6 +111,13 @@ def base() -> ml_collections.ConfigDict:
       lamda_warmup_factor=8.0,        # lamda_inv warms up from factor x lamda_inv
       lamda_warmup_steps=placeholder(int),
       lamda_warmup_epochs=placeholder(float),
+      # "taylor": the official order-n series (diverges once ||C||_2 > 1); "logdet": the
+      # exact -(lamda_inv/m) log|det(I + C)| it approximates, bounded (losses.mec_logdet).
+      objective="taylor",
+      # Adaptive lamda_inv (method mec only): after each step lamda_inv's multiplier becomes
+      # max(1, scale ||C||_2 / adapt_bound) (losses.adapt_lamda_scale), kept in the method
+      # state; None: off. The series converges for ||C||_2 < 1.
+      adapt_bound=placeholder(float),
   )
 
   # Each method's own constants (METHODS.md; mecjax/methods/<family>.py says what they mean).
@@ -354,8 +365,14 @@ def imagenet_smoke(c) -> None:
   c.knn.max_train_examples = None
 
 
+# float32 machine epsilon (np.finfo(np.float32).eps): the E2MC SwAV and SimSiam scripts' eps
+# inside the m-spacings log (the VICReg launcher passes 1e-7).
+FLOAT32_EPS = 2.0 ** -23
+
+
 def e2mc_continuation(c, *, beta: float, gamma: float, transform: str, epochs: float,
-                      lr_fraction: float = 0.01, batch_size: int = 512) -> None:
+                      eps: float = 1e-7, lr_fraction: float = 0.01,
+                      batch_size: int = 512) -> None:
   """E2MC continued pre-training on top of a base method's config ``c`` (METHODS.md): the
   base loss plus E2MC, ``epochs`` more epochs at ``lr_fraction`` x the base learning rate,
   kept constant (no warm-up, no decay: the official code fixes it), batch ``batch_size``,
@@ -365,6 +382,8 @@ def e2mc_continuation(c, *, beta: float, gamma: float, transform: str, epochs: f
   c.e2mc.beta = beta
   c.e2mc.gamma = gamma
   c.e2mc.transform = transform
+  c.e2mc.eps = eps
+  c.optim.schedule = "official"   # constant either way; the official code's convention
   c.optim.base_lr = c.optim.base_lr * lr_fraction
   c.optim.warmup_steps = None
   c.optim.warmup_epochs = None
@@ -390,7 +409,7 @@ def continued(c) -> None:
 
 
 def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
-               transform: str) -> ml_collections.ConfigDict:
+               transform: str, eps: float = 1e-7) -> ml_collections.ConfigDict:
   """E2MC continued pre-training on CIFAR-10 from our own checkpoint of a base method.
 
   ``base_file`` is the base method's config (``configs/<method>_cifar10.py``); the run
@@ -403,7 +422,7 @@ def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
   names = [n for n in (arg or "").split(",") if n]
   base_variant = "smoke" if "smoke" in names else "cpu"
   c = load(base_file, base_variant)
-  e2mc_continuation(c, beta=beta, gamma=gamma, transform=transform, epochs=10)
+  e2mc_continuation(c, beta=beta, gamma=gamma, transform=transform, epochs=10, eps=eps)
   c.init.workdir = f"runs/{c.method}_cifar10_{base_variant}"
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = None

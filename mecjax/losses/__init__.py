@@ -1,6 +1,8 @@
 """Pure loss functions of arrays: each docstring states its equation and shapes."""
 
+from mecjax.losses.mec import adapt_lamda_scale
 from mecjax.losses.mec import mec_logdet
+from mecjax.losses.mec import mec_objective
 from mecjax.losses.mec import mec_loss
 from mecjax.losses.mec import mec_spectral_norm
 from mecjax.losses.contrastive import infonce_loss
@@ -18,7 +20,7 @@ from mecjax.losses.swav import sinkhorn
 from mecjax.losses.swav import swav_loss
 
 __all__ = [
-    "mec_loss", "mec_logdet", "mec_spectral_norm",
+    "mec_loss", "mec_logdet", "mec_objective", "mec_spectral_norm", "adapt_lamda_scale",
     "music_loss", "music_terms",
     "simsiam_loss", "byol_loss",
     "barlow_twins_loss", "vicreg_loss", "vicreg_terms",

@@ -7,7 +7,7 @@ embeddings of its global views (projector output before any normalisation, with 
 local views never reach E2MC).
 
 ``mec``: the MEC loss of the official code on each pair the method names, averaged over the
-pairs, with ``config.mec`` (eps_sq, order, lamda_inv warm-up) as for MEC itself. The MEC paper
+pairs, with ``config.mec`` (eps_sq, order, objective, lamda_inv warm-up) as for MEC itself. The MEC paper
 adds it to SimCLR (on the two projections) and SimSiam (on prediction vs stop-gradient
 projection, the pairs of SimSiam's own loss); the pair's width ``d`` sets
 ``lamda_inv = m eps_sq / d``.
@@ -17,21 +17,22 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from mecjax import configlib
+from mecjax.configlib import ConfigError
 from mecjax import losses
+from mecjax import optim
 from mecjax.losses.entropy import TRANSFORMS
 
 
 def lamda_inv_schedule(mec_cfg, run, out_dim: int):
-  """``lamda_inv = m eps_sq / d``, warmed up linearly from ``factor x`` over the warm-up."""
+  """``lamda_inv = m eps_sq / d``, warmed up per step as the official MEC code does:
+  ``np.linspace(factor x lamda_inv, lamda_inv, W)`` over the first W steps, then constant
+  (MEC itself and the ``mec`` regulariser alike). A warm-up longer than the run is cut off
+  where the run ends, as the official array is read only up to its last step."""
   base = run.global_batch * mec_cfg.eps_sq / out_dim
   warmup = configlib.duration(mec_cfg, "lamda_warmup", run.steps_per_epoch, default=0)
-  warmup = min(warmup, run.total_steps)
-  if not warmup:
-    return optax.constant_schedule(base)
-  return optax.linear_schedule(mec_cfg.lamda_warmup_factor * base, base, warmup)
+  return optim.linspace_warmup(mec_cfg.lamda_warmup_factor * base, base, warmup)
 
 
 class MecRegularizer:
@@ -41,6 +42,12 @@ class MecRegularizer:
   def __init__(self, config, run):
     self.cfg, self.run = config.mec, run
     self._schedules = {}
+    if self.cfg.adapt_bound is not None:
+      raise ConfigError("config.mec.adapt_bound is for method 'mec' (it keeps the scale in "
+                        "the method state); the mec regulariser takes a fixed schedule: unset it")
+    if self.cfg.objective not in losses.mec.OBJECTIVES:
+      raise ConfigError(f"config.mec.objective={self.cfg.objective!r}: expected one of "
+                        f"{list(losses.mec.OBJECTIVES)}")
 
   def schedule(self, out_dim: int):
     if out_dim not in self._schedules:
@@ -51,7 +58,8 @@ class MecRegularizer:
     if not pairs:
       raise ValueError("the MEC regulariser needs at least one embedding pair")
     lamda_inv = self.schedule(pairs[0][0].shape[-1])(step)
-    total = sum(losses.mec_loss(a, b, lamda_inv=lamda_inv, order=self.cfg.order)
+    total = sum(losses.mec_objective(a, b, lamda_inv=lamda_inv, order=self.cfg.order,
+                                     objective=self.cfg.objective)
                 for a, b in pairs) / len(pairs)
     a, b = pairs[0]
     return total, {"loss": jax.lax.stop_gradient(total), "lamda_inv": jnp.asarray(lamda_inv),

@@ -130,12 +130,19 @@ def base() -> ml_collections.ConfigDict:
                 queue_start_steps=placeholder(int), queue_start_epochs=placeholder(float),
                 freeze_prototypes_steps=placeholder(int),
                 freeze_prototypes_epochs=placeholder(float))
-  # An additive regulariser: None, "mec" (on the method's embedding pairs; reads config.mec)
-  # or "e2mc" (on the online embeddings of the two global views; reads config.e2mc);
+  # An additive regulariser: None, "mec" (on the method's embedding pairs; reads config.mec),
+  # "e2mc" (on the online embeddings of the two global views; reads config.e2mc) or one of
+  # E2MC's ablation criteria "vc" / "au" / "mmcr" (config.vc, config.au);
   # loss = objective + weight x regulariser.
   c.regularizer = dict(name=placeholder(str), weight=1.0)
   # E2MC: gamma (Cov1 + Cov2) - beta (H1 + H2) / 2 on the squashed embeddings (METHODS.md).
   c.e2mc = dict(beta=1.0, gamma=1.0, transform="sigmoid", eps=1e-7)
+  # E2MC's ablation criteria (regularizer.name "vc" | "au" | "mmcr"; losses/ablation.py).
+  # vc: std_weight x VICReg's std hinge + cov_weight x its covariance, in the "hypersphere"
+  # (L2-normalised, std target 1/sqrt(D)) or "projector" (raw, target 1) space.
+  c.vc = dict(std_weight=0.1, cov_weight=0.001, space="hypersphere")
+  # au: uniformity at temperature t over each view's pairs, + align_weight x alignment.
+  c.au = dict(t=2.0, align_weight=0.0)
 
   # Start a new run from trained weights (continued pre-training, probes): a mecjax run
   # directory (its latest checkpoint, or init.step) or a PyTorch checkpoint file in
@@ -408,8 +415,37 @@ def continued(c) -> None:
   c.regularizer.name = None
 
 
+# E2MC's ablation (paper Table 3, Appendix A): the same continuation with another criterion
+# in E2MC's place, each weighted as the paper states (mecjax/losses/ablation.py).
+
+
+def ablation_vc(c) -> None:
+  """VICReg's variance-covariance terms on the two global crops: mu 0.1, nu 0.001."""
+  c.regularizer.name = "vc"
+  c.regularizer.weight = 1.0
+  c.vc.std_weight = 0.1
+  c.vc.cov_weight = 0.001
+
+
+def ablation_au(c) -> None:
+  """Uniformity (t 2) over each global crop's pairs, lambda 0.5."""
+  c.regularizer.name = "au"
+  c.regularizer.weight = 0.5
+  c.au.t = 2.0
+
+
+def ablation_mmcr(c) -> None:
+  """MMCR: minus the nuclear norm of the view centroids over all views, lambda 0.005."""
+  c.regularizer.name = "mmcr"
+  c.regularizer.weight = 0.005
+
+
+E2MC_ABLATION_VARIANTS = {"vc": ablation_vc, "au": ablation_au, "mmcr": ablation_mmcr}
+
+
 def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
-               transform: str, eps: float = 1e-7) -> ml_collections.ConfigDict:
+               transform: str, eps: float = 1e-7,
+               variants: dict | None = None) -> ml_collections.ConfigDict:
   """E2MC continued pre-training on CIFAR-10 from our own checkpoint of a base method.
 
   ``base_file`` is the base method's config (``configs/<method>_cifar10.py``); the run
@@ -417,7 +453,8 @@ def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
   ``init.workdir`` (default ``runs/<method>_cifar10_cpu``, where the README's base command
   writes it). Protocol as on ImageNet: 10 epochs, batch 512, 0.01 x the base learning rate,
   constant. Variants (``E2MC_CIFAR_VARIANTS``, comma-separated, composable): ``smoke`` (CI),
-  ``short`` (1 epoch: the benchmark's budget), ``continued`` (the same run without E2MC).
+  ``short`` (1 epoch: the benchmark's budget), ``continued`` (the same run without E2MC);
+  ``variants`` adds the config file's own.
   """
   names = [n for n in (arg or "").split(",") if n]
   base_variant = "smoke" if "smoke" in names else "cpu"
@@ -426,7 +463,7 @@ def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
   c.init.workdir = f"runs/{c.method}_cifar10_{base_variant}"
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = None
-  return apply_variants(c, arg, E2MC_CIFAR_VARIANTS)
+  return apply_variants(c, arg, {**E2MC_CIFAR_VARIANTS, **(variants or {})})
 
 
 def _e2mc_cifar_smoke(c) -> None:

@@ -5,6 +5,9 @@ from mecjax.losses.mec import mec_logdet
 from mecjax.losses.mec import mec_objective
 from mecjax.losses.mec import mec_loss
 from mecjax.losses.mec import mec_spectral_norm
+from mecjax.losses.ablation import au_loss
+from mecjax.losses.ablation import mmcr_loss
+from mecjax.losses.ablation import vc_loss
 from mecjax.losses.contrastive import infonce_loss
 from mecjax.losses.entropy import e2mc_loss
 from mecjax.losses.entropy import e2mc_terms
@@ -27,4 +30,5 @@ __all__ = [
     "sinkhorn", "swav_loss",
     "infonce_loss",
     "m_spacings_entropy", "e2mc_loss", "e2mc_terms",
+    "vc_loss", "au_loss", "mmcr_loss",
 ]

@@ -1,10 +1,17 @@
 """Additive regularisers on another method's embeddings (``config.regularizer``).
 
-Each is called as ``regularizer(pairs, embeddings, step) -> (loss, metrics)``: ``pairs`` are
-the (a, b) pairs the method's objective names (with its stop-gradients; with multi-crop they
-include the local views' pairs, by the method's own pairing rule), ``embeddings`` the online
-embeddings of its global views (projector output before any normalisation, with gradient;
-local views never reach E2MC).
+Each is called as ``regularizer(pairs, embeddings, step, local=...) -> (loss, metrics)``:
+``pairs`` are the (a, b) pairs the method's objective names (with its stop-gradients; with
+multi-crop they include the local views' pairs, by the method's own pairing rule),
+``embeddings`` the online embeddings of its global views (projector output before any
+normalisation, with gradient; local views never reach E2MC), ``local`` those of the local
+views (only MMCR, "over all views", reads them).
+
+``vc``, ``au``, ``mmcr``: the criteria of E2MC's ablation (``mecjax.losses.ablation``), each
+in place of E2MC on the same continuation: VICReg's variance-covariance on the two global
+views (``config.vc``), uniformity (+ optional alignment) on each global view's pairs
+(``config.au``), MMCR's nuclear norm of the centroids of every view; their lambda is
+``config.regularizer.weight`` (paper: VC 1 with mu/nu inside, AU 0.5, MMCR 0.005).
 
 ``mec``: the MEC loss of the official code on each pair the method names, averaged over the
 pairs, with ``config.mec`` (eps_sq, order, objective, lamda_inv warm-up) as for MEC itself. The MEC paper
@@ -22,6 +29,7 @@ from mecjax import configlib
 from mecjax.configlib import ConfigError
 from mecjax import losses
 from mecjax import optim
+from mecjax.losses import ablation
 from mecjax.losses.entropy import TRANSFORMS
 
 
@@ -54,7 +62,7 @@ class MecRegularizer:
       self._schedules[out_dim] = lamda_inv_schedule(self.cfg, self.run, out_dim)
     return self._schedules[out_dim]
 
-  def __call__(self, pairs, embeddings, step):
+  def __call__(self, pairs, embeddings, step, local=()):
     if not pairs:
       raise ValueError("the MEC regulariser needs at least one embedding pair")
     lamda_inv = self.schedule(pairs[0][0].shape[-1])(step)
@@ -80,7 +88,7 @@ class E2mcRegularizer:
       raise configlib.ConfigError(f"config.e2mc.transform={self.cfg.transform!r}: expected one "
                                   f"of {list(TRANSFORMS)}")
 
-  def __call__(self, pairs, embeddings, step):
+  def __call__(self, pairs, embeddings, step, local=()):
     if len(embeddings) < 2:
       raise ValueError(f"E2MC needs the embeddings of two views, got {len(embeddings)}")
     cfg = self.cfg
@@ -91,4 +99,58 @@ class E2mcRegularizer:
                   "cov": jax.lax.stop_gradient(terms["cov"])}
 
 
-REGULARIZERS = {"mec": MecRegularizer, "e2mc": E2mcRegularizer}
+def _global_pair(embeddings, name):
+  if len(embeddings) < 2:
+    raise ValueError(f"{name} needs the embeddings of two global views, got {len(embeddings)}")
+  return embeddings[:2]
+
+
+class VcRegularizer:
+  """``vc``: ``mu std + nu cov`` (``losses.vc_loss``) on the two global views' head outputs
+  (L2-normalised first in the official ``hypersphere`` space); ``config.vc``."""
+  schedule_metrics = ()
+
+  def __init__(self, config, run):
+    self.cfg = config.vc
+    if self.cfg.space not in ablation.VC_SPACES:
+      raise ConfigError(f"config.vc.space={self.cfg.space!r}: expected one of "
+                        f"{list(ablation.VC_SPACES)}")
+
+  def __call__(self, pairs, embeddings, step, local=()):
+    loss, terms = losses.vc_loss(_global_pair(embeddings, "vc"), std_weight=self.cfg.std_weight,
+                                 cov_weight=self.cfg.cov_weight, space=self.cfg.space)
+    sg = jax.lax.stop_gradient
+    return loss, {"loss": sg(loss), "std": sg(terms["std"]), "cov": sg(terms["cov"])}
+
+
+class AuRegularizer:
+  """``au``: uniformity over each global view's pairs, averaged over the two views, plus
+  ``config.au.align_weight`` x their alignment (``losses.au_loss``); ``config.au``."""
+  schedule_metrics = ()
+
+  def __init__(self, config, run):
+    self.cfg = config.au
+
+  def __call__(self, pairs, embeddings, step, local=()):
+    loss, terms = losses.au_loss(_global_pair(embeddings, "au"), t=self.cfg.t,
+                                 align_weight=self.cfg.align_weight)
+    return loss, {"loss": jax.lax.stop_gradient(loss),
+                  **{k: jax.lax.stop_gradient(v) for k, v in terms.items()}}
+
+
+class MmcrRegularizer:
+  """``mmcr``: minus the nuclear norm of the per-image centroids of every view, global and
+  local (``losses.mmcr_loss``)."""
+  schedule_metrics = ()
+
+  def __init__(self, config, run):
+    pass
+
+  def __call__(self, pairs, embeddings, step, local=()):
+    loss, terms = losses.mmcr_loss(list(embeddings) + list(local))
+    return loss, {"loss": jax.lax.stop_gradient(loss),
+                  "nuclear_norm": jax.lax.stop_gradient(terms["nuclear_norm"])}
+
+
+REGULARIZERS = {"mec": MecRegularizer, "e2mc": E2mcRegularizer, "vc": VcRegularizer,
+                "au": AuRegularizer, "mmcr": MmcrRegularizer}

@@ -25,7 +25,8 @@ from mecjax import configlib
 
 def get_config(arg: str | None = None):
   return configlib.e2mc_cifar(os.path.join(os.path.dirname(__file__), "simsiam_cifar10.py"),
-                              arg, beta=0.001, gamma=0.01, transform="gaussian_cdf")
+                              arg, beta=0.001, gamma=0.01, transform="gaussian_cdf",
+                              eps=configlib.FLOAT32_EPS)
 
 
 VARIANTS = configlib.E2MC_CIFAR_VARIANTS

@@ -41,7 +41,8 @@ def get_config(arg: str | None = None):
   c.optim.base_lr = 0.05
   c.optim.weight_decay = 1e-4
   c.optim.momentum = 0.9
-  configlib.e2mc_continuation(c, beta=0.001, gamma=0.01, transform="gaussian_cdf", epochs=10)
+  configlib.e2mc_continuation(c, beta=0.001, gamma=0.01, transform="gaussian_cdf", epochs=10,
+                               eps=configlib.FLOAT32_EPS)
   c.log_every_steps = 100
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = 5

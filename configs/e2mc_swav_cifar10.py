@@ -16,7 +16,10 @@ run is past both); encoder, head and prototypes from ``config.init.workdir`` (de
 runs/swav_cifar10_cpu).
 
 Variants: ``smoke`` (CI: from runs/swav_cifar10_smoke), ``short`` (1 epoch), ``continued``
-(no E2MC); they compose: ``:short,continued``.
+(no E2MC); they compose: ``:short,continued``. E2MC's ablation criteria in E2MC's place
+(paper Table 3; mecjax/losses/ablation.py): ``vc`` (variance-covariance, mu 0.1, nu 0.001, on
+the two crops), ``au`` (uniformity over each crop's pairs, t 2, lambda 0.5), ``mmcr`` (nuclear
+norm of the view centroids over all views, lambda 0.005): ``:vc``, ``:smoke,mmcr``, ...
 """
 
 import os
@@ -26,7 +29,9 @@ from mecjax import configlib
 
 def get_config(arg: str | None = None):
   return configlib.e2mc_cifar(os.path.join(os.path.dirname(__file__), "swav_cifar10.py"),
-                              arg, beta=1.0, gamma=25.0, transform="gaussian_cdf")
+                              arg, beta=1.0, gamma=25.0, transform="gaussian_cdf",
+                              eps=configlib.FLOAT32_EPS,
+                              variants=configlib.E2MC_ABLATION_VARIANTS)
 
 
-VARIANTS = configlib.E2MC_CIFAR_VARIANTS
+VARIANTS = {**configlib.E2MC_CIFAR_VARIANTS, **configlib.E2MC_ABLATION_VARIANTS}

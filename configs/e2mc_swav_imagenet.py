@@ -20,7 +20,12 @@ Not as the paper: SwAV's six 96x96 crops are not forwarded (multi-crop is a late
 the loop); the two 224 crops are the ones E2MC acts on in either case.
 
 Variants: ``smoke`` (CI: narrow ResNet-50, 64 px, 6 steps, from a checkpoint the test
-writes), ``continued`` (no E2MC).
+writes), ``continued`` (no E2MC); E2MC's ablation criteria in E2MC's place (paper Table 3,
+the official ablation scripts' weights): ``vc`` (variance-covariance on the two 224 crops,
+mu 0.1, nu 0.001), ``au`` (uniformity over each crop's pairs, t 2, lambda 0.5), ``mmcr``
+(nuclear norm of the view centroids over all forwarded views, lambda 0.005; the official
+script also averages the six 96-px crops: add ``--config.aug.num_local=6
+--config.aug.local_size=96`` for them).
 """
 
 from mecjax import configlib
@@ -51,7 +56,8 @@ def get_config(arg: str | None = None):
   c.optim.weight_decay = 1e-6
   c.optim.trust_coefficient = 0.001
   c.optim.exclude_1d = True
-  configlib.e2mc_continuation(c, beta=1.0, gamma=25.0, transform="gaussian_cdf", epochs=10)
+  configlib.e2mc_continuation(c, beta=1.0, gamma=25.0, transform="gaussian_cdf", epochs=10,
+                               eps=configlib.FLOAT32_EPS)
   c.log_every_steps = 100
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = 5
@@ -66,4 +72,5 @@ def smoke(c):
   c.swav.queue_size = 64
 
 
-VARIANTS = {"smoke": smoke, "continued": configlib.continued}
+VARIANTS = {"smoke": smoke, "continued": configlib.continued,
+            **configlib.E2MC_ABLATION_VARIANTS}

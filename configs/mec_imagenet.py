@@ -47,6 +47,7 @@ def get_config(arg: str | None = None):
   c.optim.weight_decay = 1e-5
   c.optim.momentum = 0.9
   c.optim.warmup_epochs = 10
+  c.optim.schedule = "official"   # np.linspace warm-up of the official cosine_scheduler
   c.ema.momentum = 0.996
 
   c.log_every_steps = 100

@@ -99,6 +99,10 @@ def base() -> ml_collections.ConfigDict:
       end_lr_factor=0.0,              # cosine ends at end_lr_factor x lr
       warmup_steps=placeholder(int),
       warmup_epochs=placeholder(float),
+      # Warm-up convention (mecjax.optim.warmup_cosine): "optax" reaches base_lr at step W
+      # (solo-learn, MoCo v3); "official" is the MEC / E2MC code's np.linspace(0, lr, W),
+      # base_lr at step W-1 (the MEC and E2MC configs set it).
+      schedule="optax",
       momentum=0.9,
       nesterov=False,
       weight_decay=5e-4,
@@ -114,6 +118,13 @@ def base() -> ml_collections.ConfigDict:
       lamda_warmup_factor=8.0,        # lamda_inv warms up from factor x lamda_inv
       lamda_warmup_steps=placeholder(int),
       lamda_warmup_epochs=placeholder(float),
+      # "taylor": the official order-n series (diverges once ||C||_2 > 1); "logdet": the
+      # exact -(lamda_inv/m) log|det(I + C)| it approximates, bounded (losses.mec_logdet).
+      objective="taylor",
+      # Adaptive lamda_inv (method mec only): after each step lamda_inv's multiplier becomes
+      # max(1, scale ||C||_2 / adapt_bound) (losses.adapt_lamda_scale), kept in the method
+      # state; None: off. The series converges for ||C||_2 < 1.
+      adapt_bound=placeholder(float),
   )
 
   # Each method's own constants (METHODS.md; mecjax/methods/<family>.py says what they mean).
@@ -126,12 +137,19 @@ def base() -> ml_collections.ConfigDict:
                 queue_start_steps=placeholder(int), queue_start_epochs=placeholder(float),
                 freeze_prototypes_steps=placeholder(int),
                 freeze_prototypes_epochs=placeholder(float))
-  # An additive regulariser: None, "mec" (on the method's embedding pairs; reads config.mec)
-  # or "e2mc" (on the online embeddings of the two global views; reads config.e2mc);
+  # An additive regulariser: None, "mec" (on the method's embedding pairs; reads config.mec),
+  # "e2mc" (on the online embeddings of the two global views; reads config.e2mc) or one of
+  # E2MC's ablation criteria "vc" / "au" / "mmcr" (config.vc, config.au);
   # loss = objective + weight x regulariser.
   c.regularizer = dict(name=placeholder(str), weight=1.0)
   # E2MC: gamma (Cov1 + Cov2) - beta (H1 + H2) / 2 on the squashed embeddings (METHODS.md).
   c.e2mc = dict(beta=1.0, gamma=1.0, transform="sigmoid", eps=1e-7)
+  # E2MC's ablation criteria (regularizer.name "vc" | "au" | "mmcr"; losses/ablation.py).
+  # vc: std_weight x VICReg's std hinge + cov_weight x its covariance, in the "hypersphere"
+  # (L2-normalised, std target 1/sqrt(D)) or "projector" (raw, target 1) space.
+  c.vc = dict(std_weight=0.1, cov_weight=0.001, space="hypersphere")
+  # au: uniformity at temperature t over each view's pairs, + align_weight x alignment.
+  c.au = dict(t=2.0, align_weight=0.0)
 
   # Start a new run from trained weights (continued pre-training, probes): a mecjax run
   # directory (its latest checkpoint, or init.step) or a PyTorch checkpoint file in
@@ -396,8 +414,14 @@ def imagenet_smoke(c) -> None:
   c.knn.max_train_examples = None
 
 
+# float32 machine epsilon (np.finfo(np.float32).eps): the E2MC SwAV and SimSiam scripts' eps
+# inside the m-spacings log (the VICReg launcher passes 1e-7).
+FLOAT32_EPS = 2.0 ** -23
+
+
 def e2mc_continuation(c, *, beta: float, gamma: float, transform: str, epochs: float,
-                      lr_fraction: float = 0.01, batch_size: int = 512) -> None:
+                      eps: float = 1e-7, lr_fraction: float = 0.01,
+                      batch_size: int = 512) -> None:
   """E2MC continued pre-training on top of a base method's config ``c`` (METHODS.md): the
   base loss plus E2MC, ``epochs`` more epochs at ``lr_fraction`` x the base learning rate,
   kept constant (no warm-up, no decay: the official code fixes it), batch ``batch_size``,
@@ -407,6 +431,8 @@ def e2mc_continuation(c, *, beta: float, gamma: float, transform: str, epochs: f
   c.e2mc.beta = beta
   c.e2mc.gamma = gamma
   c.e2mc.transform = transform
+  c.e2mc.eps = eps
+  c.optim.schedule = "official"   # constant either way; the official code's convention
   c.optim.base_lr = c.optim.base_lr * lr_fraction
   c.optim.warmup_steps = None
   c.optim.warmup_epochs = None
@@ -431,8 +457,37 @@ def continued(c) -> None:
   c.regularizer.name = None
 
 
+# E2MC's ablation (paper Table 3, Appendix A): the same continuation with another criterion
+# in E2MC's place, each weighted as the paper states (mecjax/losses/ablation.py).
+
+
+def ablation_vc(c) -> None:
+  """VICReg's variance-covariance terms on the two global crops: mu 0.1, nu 0.001."""
+  c.regularizer.name = "vc"
+  c.regularizer.weight = 1.0
+  c.vc.std_weight = 0.1
+  c.vc.cov_weight = 0.001
+
+
+def ablation_au(c) -> None:
+  """Uniformity (t 2) over each global crop's pairs, lambda 0.5."""
+  c.regularizer.name = "au"
+  c.regularizer.weight = 0.5
+  c.au.t = 2.0
+
+
+def ablation_mmcr(c) -> None:
+  """MMCR: minus the nuclear norm of the view centroids over all views, lambda 0.005."""
+  c.regularizer.name = "mmcr"
+  c.regularizer.weight = 0.005
+
+
+E2MC_ABLATION_VARIANTS = {"vc": ablation_vc, "au": ablation_au, "mmcr": ablation_mmcr}
+
+
 def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
-               transform: str, variants: dict | None = None) -> ml_collections.ConfigDict:
+               transform: str, eps: float = 1e-7,
+               variants: dict | None = None) -> ml_collections.ConfigDict:
   """E2MC continued pre-training on CIFAR-10 from our own checkpoint of a base method.
 
   ``base_file`` is the base method's config (``configs/<method>_cifar10.py``); the run
@@ -447,11 +502,11 @@ def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
   names = [n for n in (arg or "").split(",") if n]
   base_variant = next((v for v in ("smoke", "colab_gpu") if v in names), "cpu")
   c = load(base_file, base_variant)
-  e2mc_continuation(c, beta=beta, gamma=gamma, transform=transform, epochs=10)
+  e2mc_continuation(c, beta=beta, gamma=gamma, transform=transform, epochs=10, eps=eps)
   c.init.workdir = f"runs/{c.method}_cifar10_{base_variant}"
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = None
-  return apply_variants(c, arg, variants or E2MC_CIFAR_VARIANTS)
+  return apply_variants(c, arg, {**E2MC_CIFAR_VARIANTS, **(variants or {})})
 
 
 def _e2mc_cifar_smoke(c) -> None:

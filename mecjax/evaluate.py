@@ -4,6 +4,8 @@ r"""Evaluations of a finished (or running) mecjax run directory, from the comman
   python -m mecjax.evaluate e2mc --workdir=RUN [--examples=2048] [--seed=0]
   python -m mecjax.evaluate plots --workdir=RUN [--examples=2000] [--seed=0] [--perplexity=30]
       [--tsne-iters=1000] [--segment=0]
+  python -m mecjax.evaluate curves --runs RUN [RUN ...] [--labels L ...] [--metric=knn_top1]
+      [--x=epoch|step] --out=FIG.png
 
 ``knn``: the weighted kNN of the training monitor (cosine similarity of L2-normalised backbone
 features, each of the k nearest train images votes exp(sim / T); k and T default to the
@@ -30,6 +32,12 @@ The embedding is the tensor E2MC acts on: the projector output, before any norma
 - ``music_p.png`` (MUSIC runs): the joint distribution ``P`` of two augmented views' segment
   symbols (``losses.music.music_joint``), segment ``--segment``'s block and the mean block.
 Prints the paths written; RUN without a config.json stops with one line (exit status 2).
+
+``curves``: one metric of several runs in one PNG, a line per run, against the epoch (E2MC
+paper Fig. 3: kNN or probe accuracy over the continued epochs of E2MC, the "continued"
+ablation and each ablation criterion). Reads only each RUN's metrics.jsonl; labels default
+to the run directories' names. A run without metrics.jsonl or without the metric stops with
+one line (exit status 2).
 """
 
 from __future__ import annotations
@@ -281,6 +289,29 @@ def plots(args) -> list[str]:
   return paths
 
 
+def curves(args) -> str:
+  from mecjax import configlib, metric_writers, plots as plots_lib
+  labels = args.labels or [os.path.basename(os.path.normpath(r)) for r in args.runs]
+  if len(labels) != len(args.runs):
+    raise configlib.ConfigError(f"--labels: {len(labels)} given for {len(args.runs)} --runs")
+  if len(set(labels)) != len(labels):
+    raise configlib.ConfigError(f"--labels / run names repeat: {labels}; pass --labels")
+  runs = {}
+  for label, workdir in zip(labels, args.runs):
+    if not os.path.isfile(os.path.join(workdir, "metrics.jsonl")):
+      raise configlib.ConfigError(f"{workdir!r} has no metrics.jsonl: not a mecjax run "
+                                  "directory")
+    runs[label] = metric_writers.read_metrics(workdir)
+  title = args.title or f"{args.metric} per run"
+  try:
+    fig = plots_lib.compare_figure(runs, metric=args.metric, title=title, x=args.x)
+  except ValueError as e:   # a run without the metric: one line, exit status 2
+    raise configlib.ConfigError(str(e)) from None
+  path = plots_lib.save(fig, args.out)
+  print(path)
+  return path
+
+
 def _user_error(draw, *args, **kwargs):
   """``draw(...)``; its ValueErrors (an option out of range for these data) as one line."""
   try:
@@ -362,6 +393,14 @@ def parse(argv=None):
   g.add_argument("--tsne-iters", type=int, default=1000,
                  help="t-SNE optimisation iterations (at least 250)")
   g.add_argument("--segment", type=int, default=0, help="MUSIC segment drawn beside the mean")
+  c = sub.add_parser("curves", help="one metric of several runs against the epoch, one PNG "
+                     "(E2MC paper Fig. 3)")
+  c.add_argument("--runs", nargs="+", required=True, help="run directories")
+  c.add_argument("--labels", nargs="+", default=None, help="legend labels, one per run")
+  c.add_argument("--metric", default="knn_top1")
+  c.add_argument("--x", choices=("epoch", "step"), default="epoch")
+  c.add_argument("--title", default=None)
+  c.add_argument("--out", required=True, help="PNG path")
   return p.parse_args(argv)
 
 
@@ -372,7 +411,8 @@ def main(argv=None) -> int:
   args = parse(argv)
   setup_logging()
   try:
-    {"knn": knn, "e2mc": e2mc_pictures, "plots": plots}[args.command](args)
+    {"knn": knn, "e2mc": e2mc_pictures, "plots": plots,
+     "curves": curves}[args.command](args)
   except (configlib.ConfigError, DataError, checkpoint.CheckpointMismatch) as e:
     print(f"mecjax: error: {e}", file=sys.stderr, flush=True)
     return 2

@@ -28,16 +28,57 @@ def scaled_lr(base_lr: float, global_batch: int) -> float:
   return base_lr * global_batch / 256
 
 
+SCHEDULES = ("optax", "official")
+
+
 def warmup_cosine(peak: float, total_steps: int, warmup_steps: int,
-                  end_value: float = 0.0) -> Schedule:
-  """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then cosine to ``end_value``
-  at ``total_steps``; per step, as the official MEC/SimSiam code does."""
+                  end_value: float = 0.0, convention: str = "optax") -> Schedule:
+  """Linear warm-up from 0 to ``peak`` over ``warmup_steps`` (W), then cosine to ``end_value``
+  at ``total_steps`` (T); per step. Two conventions (``config.optim.schedule``):
+
+  - ``'optax'``: ``lr(s) = peak s / W`` for ``s < W`` (``peak`` first reached at step W),
+    then ``end + (peak - end) (1 + cos(pi (s - W) / (T - W))) / 2`` (optax's
+    ``warmup_cosine_decay_schedule``; MoCo v3 and solo-learn warm up the same way).
+  - ``'official'``: the per-step array of the official MEC / DINO ``cosine_scheduler``:
+    ``np.linspace(0, peak, W)`` for the first W steps (so ``lr(W-1) = peak``, i.e.
+    ``peak s / (W - 1)``), then the same cosine with ``i = s - W`` in ``0 .. T-W-1``; steps
+    at or past T hold ``end_value`` (the official array has no entries there).
+  """
+  if convention not in SCHEDULES:
+    raise ConfigError(f"config.optim.schedule={convention!r}: expected one of {SCHEDULES}")
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  if convention == "official":
+    return _official_warmup_cosine(peak, max(total_steps, 1), warmup_steps, end_value)
   if warmup_steps == 0:
     return optax.cosine_decay_schedule(peak, max(total_steps, 1),
                                        alpha=end_value / peak if peak else 0.0)
   return optax.warmup_cosine_decay_schedule(0.0, peak, warmup_steps, max(total_steps, 1),
                                             end_value=end_value)
+
+
+def _official_warmup_cosine(peak, total_steps, warmup_steps, end_value) -> Schedule:
+  decay = total_steps - warmup_steps   # >= 1: warmup_steps <= total_steps - 1
+
+  def schedule(count):
+    s = jnp.asarray(count, jnp.result_type(float))
+    # np.linspace(0, peak, W)[s] = peak s / (W - 1); W = 1 gives [0].
+    warm = peak * (s / max(warmup_steps - 1, 1))
+    i = jnp.clip(s - warmup_steps, 0, decay)
+    cos = end_value + 0.5 * (peak - end_value) * (1 + jnp.cos(jnp.pi * i / decay))
+    return jnp.where(s < warmup_steps, warm, cos)
+  return schedule
+
+
+def linspace_warmup(start: float, end: float, warmup_steps: int) -> Schedule:
+  """``np.linspace(start, end, W)[s]`` for ``s < W``, then ``end``: the official MEC code's
+  per-step ``lamda_inv`` warm-up (``end`` is reached at step W-1; W = 0: constant ``end``)."""
+  def schedule(count):
+    s = jnp.asarray(count, jnp.result_type(float))
+    if warmup_steps <= 0:
+      return jnp.full_like(s, end)
+    warm = start + (end - start) * (s / max(warmup_steps - 1, 1))
+    return jnp.where(s < warmup_steps, warm, end)
+  return schedule
 
 
 def cosine_momentum(base: float, total_steps: int, final: float = 1.0) -> Schedule:

@@ -7,6 +7,8 @@
   dimensionally collapsed representation shows as a cliff (Jing et al., 2022).
 - ``curves_figure``: loss, ``knn_top1`` and ``probe_top1`` against the step (and the epoch)
   from ``metrics.jsonl`` rows; a metric the run did not log gets a note on its panel.
+- ``compare_figure``: one metric of several runs against the epoch (or step), one line per
+  run (E2MC paper Fig. 3: accuracy over the continued epochs, per criterion).
 - ``music_joint_figure``: MUSIC's joint distribution ``P`` of the two views' symbols, one
   segment's block and the mean block, as heatmaps (``losses.music.music_joint`` computes it).
 
@@ -205,6 +207,38 @@ def curves_figure(rows: Sequence[dict], *, title: str,
                                                  lambda e, k=per_epoch: e * k))
       top.set_xlabel("epoch", fontsize=8)
   fig.suptitle(f"{title}: training curves from metrics.jsonl", fontsize=10)
+  return fig
+
+
+COMPARE_SIZE = (6.5, 4.5)
+
+
+def compare_figure(runs: dict[str, Sequence[dict]], *, metric: str, title: str,
+                   x: str = "epoch"):
+  """``metric`` of each run (label -> its metrics.jsonl rows) against ``x``: ``'epoch'``
+  (step / the run's steps per epoch, from its rows; the step where a run logs no epoch) or
+  ``'step'``. Raises ValueError naming the run when a run never logged ``metric``."""
+  if x not in ("epoch", "step"):
+    raise ValueError(f"x={x!r}: expected 'epoch' or 'step'")
+  fig = new_figure(COMPARE_SIZE)
+  ax = fig.subplots()
+  xlabel = x
+  for label, rows in runs.items():
+    steps, values = curve(rows, metric)
+    if not len(steps):
+      raise ValueError(f"run {label!r} logged no finite {metric!r} (keys: "
+                       f"{sorted({k for r in rows for k in r})})")
+    per_epoch = steps_per_epoch(rows) if x == "epoch" else None
+    if x == "epoch" and not per_epoch:
+      xlabel = "step (a run logged no epoch)"
+    xs = steps / per_epoch if per_epoch else steps
+    ax.plot(xs, values, marker="o" if len(xs) <= 40 else None, ms=3, lw=1.4,
+            label=f"{label} (last {values[-1]:.4g})")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(metric)
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title(title, fontsize=10)
   return fig
 
 

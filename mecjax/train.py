@@ -344,7 +344,8 @@ def make_tx(config, run: methods.RunInfo, uses_target: bool, frozen=None):
   are zeroed, so they stay at their initial values."""
   peak = optim.scaled_lr(config.optim.base_lr, run.global_batch)
   warmup = configlib.duration(config.optim, "warmup", run.steps_per_epoch, default=0)
-  lr = optim.warmup_cosine(peak, run.total_steps, warmup, config.optim.end_lr_factor * peak)
+  lr = optim.warmup_cosine(peak, run.total_steps, warmup, config.optim.end_lr_factor * peak,
+                           convention=config.optim.schedule)
   tx = optim.make_optimizer(config.optim, lr)
   if frozen is not None:
     tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))

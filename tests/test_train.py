@@ -78,9 +78,11 @@ def test_smoke_run_logs_metrics_checkpoints_and_tensorboard(smoke_run, cifar_pat
   assert set(TRAIN_KEYS) <= set(merged[-1]) and merged[-1]["step"] == 12
   assert 0.0 <= merged[-1]["knn_top1"] <= 1.0 and 0.0 <= merged[-1]["probe_top1"] <= 1.0
   assert np.isfinite([r["loss"] for r in merged if "loss" in r]).all()
-  # lamda_inv warms up from 8x (4 steps) then holds at m eps_sq / d = 32 * 7.68 / 64.
+  # lamda_inv warms up from 8x (np.linspace over 4 steps: the target at the 4th update, the
+  # row of step 4) then holds at m eps_sq / d = 32 * 7.68 / 64.
   lam = {r["step"]: r["lamda_inv"] for r in merged if "lamda_inv" in r}
-  assert lam[12] == pytest.approx(3.84, rel=1e-6) and lam[2] > lam[4] > lam[12]
+  assert lam[12] == pytest.approx(3.84, rel=1e-6) and lam[2] > lam[4]
+  assert lam[4] == pytest.approx(lam[12], rel=1e-6)
   assert checkpoints(workdir) == [5, 10, 12]
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   assert "img/s" in proc.stdout and "ETA" in proc.stdout and "BN in eval mode" in proc.stdout
@@ -169,11 +171,11 @@ def test_imagenet_recipe_smoke(tmp_path, cifar_path, compile_cache):
 @pytest.mark.slow
 def test_nan_guard_names_the_steps_and_never_saves_a_bad_checkpoint(tmp_path, cifar_path,
                                                                     compile_cache):
-  # lamda_inv runs from -b to b over 12 steps: it is exactly 0 at step 7 (index 6), where
+  # lamda_inv runs np.linspace(-b, b, 13): it is exactly 0 at step 7 (index 6), where
   # C = Z Zᵀ / 0 is not finite; the run has a good checkpoint at step 5.
   workdir = tmp_path / "nan"
   proc = run_main(CIFAR_SMOKE, workdir, f"--config.data.path={cifar_path}",
-                  "--config.mec.lamda_warmup_factor=-1.0", "--config.mec.lamda_warmup_steps=12",
+                  "--config.mec.lamda_warmup_factor=-1.0", "--config.mec.lamda_warmup_steps=13",
                   cache=compile_cache)
   assert proc.returncode == 3, proc.stderr[-2000:]
   line = proc.stderr.strip().splitlines()[-1]

@@ -95,23 +95,63 @@ def mec_loss(z1: jax.Array, z2: jax.Array, *, lamda_inv, order: int = 4) -> jax.
 
 
 def mec_logdet(z1: jax.Array, z2: jax.Array, *, lamda_inv) -> jax.Array:
-  """The exact objective the series approximates, ``-(lamda_inv / m) · logdet(I + C)``.
+  """The exact objective the series approximates, ``-(lamda_inv / m) · log|det(I + C)|``.
 
-  ``C = ẑ1 ẑ2ᵀ / lamda_inv`` is not symmetric; by Sylvester's identity
-  ``det(I_m + A Bᵀ) = det(I_d + Bᵀ A)`` the smaller determinant is taken. The log of the
-  absolute determinant is returned (``slogdet``); it equals ``logdet`` whenever
-  ``det(I + C) > 0``, which holds whenever ``||C||_2 < 1``.
+      C = ẑ1 ẑ2ᵀ / lamda_inv   (m x m);   det(I_m + C) = det(I_d + ẑ1ᵀ ẑ2 / lamda_inv)
+
+  By Sylvester's identity the smaller of the two determinants is taken (``correlation``):
+  d x d when d < m, m x m otherwise; the value is the same.
+
+  ``C`` of the official MEC pairing (teacher of one view, online prediction of the other) is
+  not symmetric, so ``det(I + C)`` is real but not positive by construction. It is kept as
+  it is, not symmetrised: its series is the official Taylor loss term for term (a
+  symmetrised ``(C + Cᵀ)/2`` has the same trace but different higher powers), and it is the
+  paper's ``logdet(I + lam Z1ᵀ Z2)``, equally non-symmetric. ``slogdet`` gives
+  ``log|det|``, which equals ``logdet(I + C)`` whenever ``det > 0``; that holds whenever
+  ``||C||_2 < 1`` (every eigenvalue of C then has ``|λ| < 1``), and always when the two views
+  agree (``C = ẑ ẑᵀ / lamda_inv`` is PSD). Should ``det`` cross 0, the loss is ``+inf`` there
+  (``-log|det| -> +inf``), a barrier the gradient ``-(lamda_inv/m) (I + C)^-T`` pushes away
+  from, and on the far side the value is that of ``|det|``. Unlike the truncated series
+  (unbounded below once ``||C||_2 > 1``) the objective is bounded below for any lamda_inv:
+  rows are unit-norm, so ``σ_i(C) <= m / lamda_inv`` and ``|det(I + C)| <= Π (1 + σ_i(C))``.
 
   Args:
     z1, z2: (m, d) embeddings (rows L2-normalised here).
-    lamda_inv: scalar ``1 / lambda``.
+    lamda_inv: scalar ``1 / lambda`` (may be traced).
   Returns:
-    A scalar.
+    A scalar. Its expansion to order n is ``mec_loss(z1, z2, order=n)``.
   """
   m, _ = _check_pair(z1, z2)
   c = correlation(z1, z2, lamda_inv)
   _, logabsdet = jnp.linalg.slogdet(jnp.eye(c.shape[0], dtype=c.dtype) + c)
   return -(lamda_inv / m) * logabsdet
+
+
+OBJECTIVES = ("taylor", "logdet")
+
+
+def mec_objective(z1: jax.Array, z2: jax.Array, *, lamda_inv, order: int = 4,
+                  objective: str = "taylor") -> jax.Array:
+  """``mec_loss`` (``objective='taylor'``, the official order-``order`` series) or
+  ``mec_logdet`` (``'logdet'``, exact and bounded) of one (m, d) pair; a scalar."""
+  if objective == "taylor":
+    return mec_loss(z1, z2, lamda_inv=lamda_inv, order=order)
+  if objective == "logdet":
+    return mec_logdet(z1, z2, lamda_inv=lamda_inv)
+  raise ValueError(f"objective={objective!r}: expected one of {OBJECTIVES}")
+
+
+def adapt_lamda_scale(scale, c_norm, bound: float):
+  """The adaptive ``lamda_inv`` rule (``config.mec.adapt_bound``), one step:
+
+      scale_{t+1} = max(1, scale_t · ||C_t||_2 / bound)
+
+  where step t used ``lamda_inv_t = scale_t · schedule(t)`` and measured ``||C_t||_2``.
+  ``C`` scales as ``1 / lamda_inv``, so on the same embeddings step t+1 would sit exactly at
+  ``bound`` when the rule raises the scale; when the norm falls below the bound the scale
+  relaxes toward 1, so ``lamda_inv`` never drops below the configured (warmed-up) value.
+  Scalars in, a scalar out (no gradient)."""
+  return jax.lax.stop_gradient(jnp.maximum(1.0, scale * c_norm / bound))
 
 
 def mec_spectral_norm(z1: jax.Array, z2: jax.Array, *, lamda_inv,

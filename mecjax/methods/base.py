@@ -90,15 +90,19 @@ class LossOutput:
   embeddings: the online embeddings (B, d) of the global views, with gradient: projector
     output before any normalisation (the collapse monitors read the first; E2MC the first
     two). Local views (multi-crop) are in neither.
+  local_embeddings: the same for the local views, in order (empty without multi-crop): the
+    regularisers over all views (MMCR) read them.
   """
   metrics: dict
   state: Any
   features: list
   embeddings: list
+  local_embeddings: list = dataclasses.field(default_factory=list)
 
 
 jax.tree_util.register_dataclass(LossOutput, data_fields=["metrics", "state", "features",
-                                                          "embeddings"], meta_fields=[])
+                                                          "embeddings", "local_embeddings"],
+                                 meta_fields=[])
 
 
 class Method:
@@ -173,7 +177,8 @@ class Method:
     loss, out, pairs = self.objective(params, state, target, views, step)
     if self.regularizer is None:
       return loss, out
-    reg_loss, reg_metrics = self.regularizer(pairs, out.embeddings, step)
+    reg_loss, reg_metrics = self.regularizer(pairs, out.embeddings, step,
+                                             local=out.local_embeddings)
     metrics = dict(out.metrics, objective=jax.lax.stop_gradient(loss),
                    **{f"reg_{k}": v for k, v in reg_metrics.items()})
     return loss + self.config.regularizer.weight * reg_loss, dataclasses.replace(
@@ -212,10 +217,12 @@ class Method:
     """LossOutput with the stop-gradient features (probe) and embeddings of the global
     views' online outputs: the probe, the collapse monitors and E2MC never see local
     views."""
+    local = online[self.num_global:]
     online = online[:self.num_global]
     return LossOutput(metrics=metrics, state=state,
                       features=[jax.lax.stop_gradient(o["features"]) for o in online],
-                      embeddings=[o["embedding"] for o in online])
+                      embeddings=[o["embedding"] for o in online],
+                      local_embeddings=[o["embedding"] for o in local])
 
   def forward_views(self, params, batch_stats, views, method=None):
     """Outputs of every view, in order, and the running BN statistics after them.

@@ -9,7 +9,14 @@ the reverse,
          = -(lamda_inv / 2m) (T(t1, o2) + T(t2, o1))
 
 with ``lamda_inv = m eps² / d`` warmed up linearly from ``8 lamda_inv`` over the first 10
-epochs (per step), ``m`` the global batch and ``d`` the embedding width.
+epochs (per step, ``np.linspace`` as the official code), ``m`` the global batch and ``d``
+the embedding width.
+
+``config.mec.objective = 'logdet'`` replaces each ``mec_loss`` by the exact, bounded
+``mec_logdet`` the series approximates. ``config.mec.adapt_bound = b`` keeps ``||C||_2``
+near or under ``b``: ``lamda_inv = scale x schedule(step)`` with ``scale`` in the method
+state (checkpointed), updated after every step from the logged ``c_norm`` by
+``losses.adapt_lamda_scale``: ``scale <- max(1, scale c_norm / b)``.
 
 Multi-crop pairing (``config.aug.num_local = L > 0``): every view's online prediction
 against each global teacher output other than its own view (``pairing.to_globals``): the
@@ -34,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from mecjax import losses
+from mecjax.configlib import ConfigError
 from mecjax.losses.mec import l2_normalize
 from mecjax.methods import pairing
 from mecjax.methods.base import Method
@@ -43,7 +51,7 @@ from mecjax.methods.regularizers import lamda_inv_schedule
 class MEC(Method):
   name = "mec"
   uses_target = True
-  schedule_metrics = ("lamda_inv",)
+  schedule_metrics = ("lamda_inv", "lamda_scale")
   refuses_regularizers = ("mec",)
 
   def __init__(self, config, run):
@@ -51,6 +59,19 @@ class MEC(Method):
     self.out_dim = config.predictor.out_dim or config.projector.out_dim
     self.mu = (run.global_batch + self.out_dim) / 2
     self.lamda_inv = lamda_inv_schedule(config.mec, run, self.out_dim)
+    if config.mec.objective not in losses.mec.OBJECTIVES:
+      raise ConfigError(f"config.mec.objective={config.mec.objective!r}: expected one of "
+                        f"{list(losses.mec.OBJECTIVES)}")
+    self.adapt_bound = config.mec.adapt_bound
+    if self.adapt_bound is not None and not self.adapt_bound > 0:
+      raise ConfigError(f"config.mec.adapt_bound={self.adapt_bound}: expected a positive "
+                        "bound on ||C||_2 (e.g. 0.9) or None")
+
+  def init(self, rng, image_shape):
+    params, state = super().init(rng, image_shape)
+    if self.adapt_bound is not None:
+      state["lamda_scale"] = jnp.ones([], jnp.float32)
+    return params, state
 
   def objective(self, params, state, target, views, step):
     self.check_views(views)
@@ -61,20 +82,27 @@ class MEC(Method):
     o = [out["prediction"] for out in online]
     pairs = [(t[g], o[v]) for g, v in pairing.to_globals(len(views), self.num_global)]
 
+    cfg = self.config.mec
     lamda_inv = self.lamda_inv(step)
-    order = self.config.mec.order
-    loss = sum(losses.mec_loss(a, b, lamda_inv=lamda_inv, order=order)
-               for a, b in pairs) / len(pairs)
+    if self.adapt_bound is not None:
+      lamda_inv = lamda_inv * state["lamda_scale"]
+    loss = sum(losses.mec_objective(a, b, lamda_inv=lamda_inv, order=cfg.order,
+                                    objective=cfg.objective) for a, b in pairs) / len(pairs)
+    c_norm = losses.mec_spectral_norm(*pairs[0], lamda_inv=lamda_inv)
 
     cosine = lambda a, b: jnp.mean(jnp.sum(l2_normalize(a) * l2_normalize(b), axis=-1))
     metrics = {
         # T = -(m / lamda_inv) mec_loss, so mu (T1 + T2) / 2m = -mu loss / lamda_inv.
         "mec": jax.lax.stop_gradient(-self.mu * loss / lamda_inv),
         "lamda_inv": lamda_inv,
-        "c_norm": losses.mec_spectral_norm(*pairs[0], lamda_inv=lamda_inv),
+        "c_norm": c_norm,
         # The order-1 term of the loss is minus this mean positive-pair cosine.
         "pos_cosine": jax.lax.stop_gradient(sum(cosine(a, b) for a, b in pairs) / len(pairs)),
     }
-    state = {"batch_stats": batch_stats, "target_batch_stats": target_stats}
+    new_state = {"batch_stats": batch_stats, "target_batch_stats": target_stats}
+    if self.adapt_bound is not None:
+      new_state["lamda_scale"] = losses.adapt_lamda_scale(state["lamda_scale"], c_norm,
+                                                          self.adapt_bound)
+      metrics["lamda_scale"] = state["lamda_scale"]
     # MEC's own pairs are (teacher, online); E2MC acts on the online embeddings.
-    return loss, self.output(metrics, state, online), []
+    return loss, self.output(metrics, new_state, online), []

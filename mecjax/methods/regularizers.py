@@ -1,13 +1,20 @@
 """Additive regularisers on another method's embeddings (``config.regularizer``).
 
-Each is called as ``regularizer(pairs, embeddings, step) -> (loss, metrics)``: ``pairs`` are
-the (a, b) pairs the method's objective names (with its stop-gradients; with multi-crop they
-include the local views' pairs, by the method's own pairing rule), ``embeddings`` the online
-embeddings of its global views (projector output before any normalisation, with gradient;
-local views never reach E2MC).
+Each is called as ``regularizer(pairs, embeddings, step, local=...) -> (loss, metrics)``:
+``pairs`` are the (a, b) pairs the method's objective names (with its stop-gradients; with
+multi-crop they include the local views' pairs, by the method's own pairing rule),
+``embeddings`` the online embeddings of its global views (projector output before any
+normalisation, with gradient; local views never reach E2MC), ``local`` those of the local
+views (only MMCR, "over all views", reads them).
+
+``vc``, ``au``, ``mmcr``: the criteria of E2MC's ablation (``mecjax.losses.ablation``), each
+in place of E2MC on the same continuation: VICReg's variance-covariance on the two global
+views (``config.vc``), uniformity (+ optional alignment) on each global view's pairs
+(``config.au``), MMCR's nuclear norm of the centroids of every view; their lambda is
+``config.regularizer.weight`` (paper: VC 1 with mu/nu inside, AU 0.5, MMCR 0.005).
 
 ``mec``: the MEC loss of the official code on each pair the method names, averaged over the
-pairs, with ``config.mec`` (eps_sq, order, lamda_inv warm-up) as for MEC itself. The MEC paper
+pairs, with ``config.mec`` (eps_sq, order, objective, lamda_inv warm-up) as for MEC itself. The MEC paper
 adds it to SimCLR (on the two projections) and SimSiam (on prediction vs stop-gradient
 projection, the pairs of SimSiam's own loss); the pair's width ``d`` sets
 ``lamda_inv = m eps_sq / d``.
@@ -17,21 +24,23 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from mecjax import configlib
+from mecjax.configlib import ConfigError
 from mecjax import losses
+from mecjax import optim
+from mecjax.losses import ablation
 from mecjax.losses.entropy import TRANSFORMS
 
 
 def lamda_inv_schedule(mec_cfg, run, out_dim: int):
-  """``lamda_inv = m eps_sq / d``, warmed up linearly from ``factor x`` over the warm-up."""
+  """``lamda_inv = m eps_sq / d``, warmed up per step as the official MEC code does:
+  ``np.linspace(factor x lamda_inv, lamda_inv, W)`` over the first W steps, then constant
+  (MEC itself and the ``mec`` regulariser alike). A warm-up longer than the run is cut off
+  where the run ends, as the official array is read only up to its last step."""
   base = run.global_batch * mec_cfg.eps_sq / out_dim
   warmup = configlib.duration(mec_cfg, "lamda_warmup", run.steps_per_epoch, default=0)
-  warmup = min(warmup, run.total_steps)
-  if not warmup:
-    return optax.constant_schedule(base)
-  return optax.linear_schedule(mec_cfg.lamda_warmup_factor * base, base, warmup)
+  return optim.linspace_warmup(mec_cfg.lamda_warmup_factor * base, base, warmup)
 
 
 class MecRegularizer:
@@ -41,17 +50,24 @@ class MecRegularizer:
   def __init__(self, config, run):
     self.cfg, self.run = config.mec, run
     self._schedules = {}
+    if self.cfg.adapt_bound is not None:
+      raise ConfigError("config.mec.adapt_bound is for method 'mec' (it keeps the scale in "
+                        "the method state); the mec regulariser takes a fixed schedule: unset it")
+    if self.cfg.objective not in losses.mec.OBJECTIVES:
+      raise ConfigError(f"config.mec.objective={self.cfg.objective!r}: expected one of "
+                        f"{list(losses.mec.OBJECTIVES)}")
 
   def schedule(self, out_dim: int):
     if out_dim not in self._schedules:
       self._schedules[out_dim] = lamda_inv_schedule(self.cfg, self.run, out_dim)
     return self._schedules[out_dim]
 
-  def __call__(self, pairs, embeddings, step):
+  def __call__(self, pairs, embeddings, step, local=()):
     if not pairs:
       raise ValueError("the MEC regulariser needs at least one embedding pair")
     lamda_inv = self.schedule(pairs[0][0].shape[-1])(step)
-    total = sum(losses.mec_loss(a, b, lamda_inv=lamda_inv, order=self.cfg.order)
+    total = sum(losses.mec_objective(a, b, lamda_inv=lamda_inv, order=self.cfg.order,
+                                     objective=self.cfg.objective)
                 for a, b in pairs) / len(pairs)
     a, b = pairs[0]
     return total, {"loss": jax.lax.stop_gradient(total), "lamda_inv": jnp.asarray(lamda_inv),
@@ -72,7 +88,7 @@ class E2mcRegularizer:
       raise configlib.ConfigError(f"config.e2mc.transform={self.cfg.transform!r}: expected one "
                                   f"of {list(TRANSFORMS)}")
 
-  def __call__(self, pairs, embeddings, step):
+  def __call__(self, pairs, embeddings, step, local=()):
     if len(embeddings) < 2:
       raise ValueError(f"E2MC needs the embeddings of two views, got {len(embeddings)}")
     cfg = self.cfg
@@ -83,4 +99,58 @@ class E2mcRegularizer:
                   "cov": jax.lax.stop_gradient(terms["cov"])}
 
 
-REGULARIZERS = {"mec": MecRegularizer, "e2mc": E2mcRegularizer}
+def _global_pair(embeddings, name):
+  if len(embeddings) < 2:
+    raise ValueError(f"{name} needs the embeddings of two global views, got {len(embeddings)}")
+  return embeddings[:2]
+
+
+class VcRegularizer:
+  """``vc``: ``mu std + nu cov`` (``losses.vc_loss``) on the two global views' head outputs
+  (L2-normalised first in the official ``hypersphere`` space); ``config.vc``."""
+  schedule_metrics = ()
+
+  def __init__(self, config, run):
+    self.cfg = config.vc
+    if self.cfg.space not in ablation.VC_SPACES:
+      raise ConfigError(f"config.vc.space={self.cfg.space!r}: expected one of "
+                        f"{list(ablation.VC_SPACES)}")
+
+  def __call__(self, pairs, embeddings, step, local=()):
+    loss, terms = losses.vc_loss(_global_pair(embeddings, "vc"), std_weight=self.cfg.std_weight,
+                                 cov_weight=self.cfg.cov_weight, space=self.cfg.space)
+    sg = jax.lax.stop_gradient
+    return loss, {"loss": sg(loss), "std": sg(terms["std"]), "cov": sg(terms["cov"])}
+
+
+class AuRegularizer:
+  """``au``: uniformity over each global view's pairs, averaged over the two views, plus
+  ``config.au.align_weight`` x their alignment (``losses.au_loss``); ``config.au``."""
+  schedule_metrics = ()
+
+  def __init__(self, config, run):
+    self.cfg = config.au
+
+  def __call__(self, pairs, embeddings, step, local=()):
+    loss, terms = losses.au_loss(_global_pair(embeddings, "au"), t=self.cfg.t,
+                                 align_weight=self.cfg.align_weight)
+    return loss, {"loss": jax.lax.stop_gradient(loss),
+                  **{k: jax.lax.stop_gradient(v) for k, v in terms.items()}}
+
+
+class MmcrRegularizer:
+  """``mmcr``: minus the nuclear norm of the per-image centroids of every view, global and
+  local (``losses.mmcr_loss``)."""
+  schedule_metrics = ()
+
+  def __init__(self, config, run):
+    pass
+
+  def __call__(self, pairs, embeddings, step, local=()):
+    loss, terms = losses.mmcr_loss(list(embeddings) + list(local))
+    return loss, {"loss": jax.lax.stop_gradient(loss),
+                  "nuclear_norm": jax.lax.stop_gradient(terms["nuclear_norm"])}
+
+
+REGULARIZERS = {"mec": MecRegularizer, "e2mc": E2mcRegularizer, "vc": VcRegularizer,
+                "au": AuRegularizer, "mmcr": MmcrRegularizer}

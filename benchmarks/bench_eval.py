@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from mecjax import main as _cli_env  # noqa: E402,F401  (XLA flags before the backend starts)
+from mecjax import entry  # noqa: E402,F401  (default XLA flags, before JAX starts)
 
 
 def parse(argv=None):
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
   args = parse(argv)
   from mecjax import configlib
   from mecjax.evaluators import linear
-  from mecjax.main import setup_logging
+  from mecjax.entry import setup_logging
   setup_logging()
   run_config = configlib.load_run(args.run)
   results = []

@@ -18,6 +18,9 @@ COMMANDS = {
 }
 
 
+MODULES = {"train": "mecjax.main", "evaluate": "mecjax.evaluate", "export": "mecjax.export"}
+
+
 def usage() -> str:
   lines = ["usage: mecjax {train,evaluate,export} [flags]", ""]
   lines += [f"  {name:9s} {what}" for name, what in COMMANDS.items()]
@@ -35,18 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mecjax: error: unknown command {command!r}: expected one of "
           f"{', '.join(COMMANDS)}\n\n{usage()}", file=sys.stderr)
     return 2
-  if command == "train":
-    # Run as ``python -m mecjax.main`` runs (no module imports the command line): absl parses
-    # sys.argv, so the flags are handed over as the program's own.
-    import runpy
-    sys.argv = ["mecjax train", *rest]
-    runpy.run_module("mecjax.main", run_name="__main__", alter_sys=True)
-    return 0
-  if command == "evaluate":
-    from mecjax import evaluate
-    return evaluate.main(rest)
-  from mecjax import export
-  return export.main(rest)
+  # Each command runs as ``python -m mecjax.<module>`` runs it (no module imports a command
+  # line): the flags are handed over as the program's own, and its exit status is ours.
+  import runpy
+  sys.argv = [f"mecjax {command}", *rest]
+  runpy.run_module(MODULES[command], run_name="__main__", alter_sys=True)
+  return 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import sys
 
 from mecjax import entry  # noqa: F401  (default XLA flags, before JAX starts its backend)
 from mecjax.entry import setup_logging
+from mecjax.tasks import run_task
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -54,7 +55,7 @@ def main(argv) -> None:
   if jax.process_index() != 0:
     logging.getLogger("mecjax").setLevel(logging.WARNING)
 
-  from mecjax import checkpoint, configlib, preemption, train
+  from mecjax import checkpoint, configlib, monitors, preemption
   from mecjax.data.sources import DataError
   try:
     config = _CONFIG.value
@@ -65,28 +66,13 @@ def main(argv) -> None:
     run_task(config, _WORKDIR.value)
   except (configlib.ConfigError, DataError, checkpoint.CheckpointMismatch) as e:
     fail(str(e))
-  except train.NonFiniteError as e:
+  except monitors.NonFiniteError as e:
     fail(str(e), status=3)
   except checkpoint.CheckpointError as e:
     fail(str(e), status=4)
   except preemption.Preempted as e:
     print(f"mecjax: {e}", file=sys.stderr, flush=True)
     sys.exit(preemption.EXIT_PREEMPTED)
-
-
-# config.task -> the module whose run(config, workdir) does it (imported when chosen).
-TASKS = {"pretrain": "mecjax.train", "linear": "mecjax.evaluators.linear",
-         "finetune": "mecjax.evaluators.finetune"}
-
-
-def run_task(config, workdir: str) -> dict:
-  """``run(config, workdir)`` of the module ``config.task`` names."""
-  import importlib
-  from mecjax import configlib
-  if config.task not in TASKS:
-    raise configlib.ConfigError(f"config.task={config.task!r}: expected one of "
-                                f"{sorted(TASKS)}")
-  return importlib.import_module(TASKS[config.task]).run(config, workdir)
 
 
 def _flag_errors(argv):

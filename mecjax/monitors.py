@@ -12,6 +12,11 @@ import jax
 import jax.numpy as jnp
 
 
+class NonFiniteError(FloatingPointError):
+  """The loss or the parameters became NaN/inf; the message names the step range and the
+  last checkpoint (which the loops never overwrite with a bad one)."""
+
+
 def effective_rank(z: jax.Array, eps: float = 1e-12, rel_floor: float = 1e-6) -> jax.Array:
   """Effective rank of an (m, d) batch; eigenvalues of the smaller Gram matrix.
 

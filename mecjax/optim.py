@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from mecjax import configlib
 from mecjax.configlib import ConfigError
 
 Schedule = Callable[[jax.Array], jax.Array]
@@ -177,3 +178,24 @@ def make_optimizer(cfg, learning_rate: float | Schedule) -> optax.GradientTransf
     return optax.adamw(learning_rate, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay,
                        mask=mask)
   raise ConfigError(f"config.optim.name={cfg.name!r}: expected one of 'sgd', 'lars', 'adamw'")
+
+
+def make_tx(config, run, uses_target: bool, frozen=None):
+  """(optimiser, lr schedule, EMA momentum schedule or None) as ``config.optim`` / ``ema`` say:
+  lr = base_lr x global batch / 256, warm-up then cosine per step; the EMA target last.
+  ``frozen`` (``Method.frozen_mask()``): parameters whose updates, weight decay included,
+  are zeroed, so they stay at their initial values. ``run``: the run's sizes
+  (``global_batch``, ``steps_per_epoch``, ``total_steps``; ``methods.RunInfo``)."""
+  peak = scaled_lr(config.base_lr, run.global_batch)
+  warmup = configlib.duration(config.optim, "warmup", run.steps_per_epoch, default=0)
+  lr = warmup_cosine(peak, run.total_steps, warmup, config.end_lr_factor * peak,
+                           convention=config.schedule)
+  tx = make_optimizer(config.optim, lr)
+  if frozen is not None:
+    tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
+  ema_momentum = None
+  if uses_target:
+    ema_momentum = cosine_momentum(config.ema.momentum, run.total_steps,
+                                         config.ema.final_momentum)
+    tx = optax.chain(tx, ema_target(ema_momentum))
+  return tx, lr, ema_momentum

@@ -38,8 +38,8 @@ from mecjax.data import sources
 log = logging.getLogger("mecjax")
 
 
-class NonFiniteError(FloatingPointError):
-  """The loss or the parameters became NaN/inf; names the step range."""
+NonFiniteError = monitors.NonFiniteError   # public names kept: the loop's error and optimiser
+make_tx = optim.make_tx
 
 
 @flax.struct.dataclass
@@ -71,7 +71,7 @@ def run(config, workdir: str) -> dict:
   """Train (or resume) the run in ``workdir``; returns the last logged metrics."""
   # ------------------------------------------------------------------ setup
   check_names(config)
-  if config.task != "pretrain":   # linear / finetune: mecjax.main.run_task dispatches them
+  if config.task != "pretrain":   # linear / finetune: mecjax.tasks.run_task dispatches them
     raise configlib.ConfigError(f"config.task={config.task!r}: train.run pre-trains; run "
                                 "this config with python -m mecjax.main")
   configlib.validate(config)
@@ -335,26 +335,6 @@ class Evaluator:
              self.bn_mode, self.config.knn.k, self.config.knn.temperature,
              ", ".join(f"{k} {v:.4f}" for k, v in out.items()))
     return out
-
-
-def make_tx(config, run: methods.RunInfo, uses_target: bool, frozen=None):
-  """(optimiser, lr schedule, EMA momentum schedule or None) as ``config.optim`` / ``ema`` say:
-  lr = base_lr x global batch / 256, warm-up then cosine per step; the EMA target last.
-  ``frozen`` (``Method.frozen_mask()``): parameters whose updates, weight decay included,
-  are zeroed, so they stay at their initial values."""
-  peak = optim.scaled_lr(config.optim.base_lr, run.global_batch)
-  warmup = configlib.duration(config.optim, "warmup", run.steps_per_epoch, default=0)
-  lr = optim.warmup_cosine(peak, run.total_steps, warmup, config.optim.end_lr_factor * peak,
-                           convention=config.optim.schedule)
-  tx = optim.make_optimizer(config.optim, lr)
-  if frozen is not None:
-    tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
-  ema_momentum = None
-  if uses_target:
-    ema_momentum = optim.cosine_momentum(config.ema.momentum, run.total_steps,
-                                         config.ema.final_momentum)
-    tx = optax.chain(tx, optim.ema_target(ema_momentum))
-  return tx, lr, ema_momentum
 
 
 def make_init(method, tx, probe_net, probe_tx, view_shape):

@@ -17,7 +17,7 @@ from mecjax import configlib, data as data_lib, models, optim, train
 from mecjax.data import sources
 from mecjax.evaluators import downstream, linear
 from mecjax.evaluators import metrics as M
-from mecjax.main import run_task
+from mecjax.tasks import run_task
 
 # One worker runs this module, so the smoke pre-training run (module fixture) happens once.
 pytestmark = pytest.mark.xdist_group("linear")

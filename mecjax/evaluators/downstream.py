@@ -4,9 +4,9 @@ classifier-training loop assembled from the pre-training loop's pieces.
 
 Why a second loop rather than hooks in ``mecjax.train.run``: pre-training steps a method
 (views, heads, teacher, online probe), these steps a classifier on labels; what they share
-is taken from the same places (``train.make_tx`` for SGD/LARS + warm-up + cosine, the
+is taken from the same places (``optim.make_tx`` for SGD/LARS + warm-up + cosine, the
 ``Checkpointer`` with its model fingerprint check, ``MetricWriter``, ``TrainInput`` /
-``eval_batches``, the mesh, ``train.NonFiniteError``), so only the few lines of the loop
+``eval_batches``, the mesh, ``monitors.NonFiniteError``), so only the few lines of the loop
 itself are written twice, and the pre-training loop stays as it is.
 
 The encoder's architecture and input normalisation follow the run it comes from: with
@@ -45,6 +45,8 @@ from mecjax import initialize
 from mecjax import methods
 from mecjax import metric_writers
 from mecjax import models
+from mecjax import monitors
+from mecjax import optim
 from mecjax import parallel
 from mecjax import preemption
 from mecjax import workdir as workdir_lib
@@ -310,7 +312,6 @@ def fit(config, workdir: str, task: Classification) -> dict:
   ``log_every_steps``, checkpoint every ``checkpoint.every_*`` and at the end, evaluate at
   the end (rows ``{prefix}_top1``, ``_top5``, and ``config.linear.metric``'s); returns the
   last metrics row. A finished run is not trained or evaluated again."""
-  from mecjax import train   # the loop's optimiser and NaN error; imports this package
   prefix, multi_label = task.prefix, config.linear.multi_label
   mesh = parallel.make_mesh()
   repl = parallel.replicated(mesh)
@@ -328,7 +329,7 @@ def fit(config, workdir: str, task: Classification) -> dict:
   ckpt_every = configlib.duration(config.checkpoint, "every", steps_per_epoch,
                                   steps_per_epoch)
   run_info = methods.RunInfo(global_batch, steps_per_epoch, total_steps)
-  tx, lr, _ = train.make_tx(config, run_info, uses_target=False)
+  tx, lr, _ = optim.make_tx(config, run_info, uses_target=False)
 
   def init_state(seed):
     key = jax.random.key(seed)
@@ -399,7 +400,7 @@ def fit(config, workdir: str, task: Classification) -> dict:
     steps = [s for s, _ in pending]
     for s, m in zip(steps, fetched):
       if not np.isfinite(m[f"{prefix}_loss"]):
-        raise train.NonFiniteError(
+        raise monitors.NonFiniteError(
             f"non-finite {prefix} loss ({m[f'{prefix}_loss']}) at step {s}, in steps "
             f"{steps[0]}..{steps[-1]}; last checkpoint: step {last_saved} (kept intact)")
     row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}

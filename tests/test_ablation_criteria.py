@@ -147,6 +147,7 @@ def build(variant):
 
 @pytest.mark.parametrize("variant,weight", [("smoke,vc", 1.0), ("smoke,au", 0.5),
                                             ("smoke,mmcr", 0.005)])
+@pytest.mark.slow
 def test_each_criterion_is_a_regulariser_of_swav(variant, weight):
   config, method, params, state = build(variant)
   assert config.regularizer.weight == weight

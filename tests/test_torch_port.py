@@ -348,6 +348,7 @@ def test_vicreg_resnet50_pth_into_a_net_with_a_projector(tmp_path, mecjax50, ima
                                 np.asarray(hp["linear0"]["dense"]["kernel"]))
 
 
+@pytest.mark.slow
 def test_heads_false_leaves_heads(tmp_path, mecjax50, net50):
   model, _ = net50
   proj = randomize(vicreg_projector(), 3)
@@ -365,6 +366,7 @@ def test_heads_false_leaves_heads(tmp_path, mecjax50, net50):
   assert "projector: left at initialisation" in report.summary()
 
 
+@pytest.mark.slow
 def test_safetensors_loads_the_same(tmp_path, mecjax50, images, net50):
   safetensors_torch = pytest.importorskip("safetensors.torch")
   model, ref = net50
@@ -409,6 +411,7 @@ def test_export_round_trip_resnet50(tmp_path, mecjax50, images, net50):
     close(fresh.eval().features(torch.from_numpy(images[0])).numpy(), ref)
 
 
+@pytest.mark.slow
 def test_resnet18_round_trip(images):
   model = torch_resnet18(seed=3)
   with torch.no_grad():

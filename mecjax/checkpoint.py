@@ -68,7 +68,8 @@ def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
     a, b = saved.get(key), wanted.get(key)
     if isinstance(a, dict) and isinstance(b, dict):
       out += _differences(a, b, f"{prefix}{key}.")
-    elif a != b and key != "dtype":   # the compute dtype may change on resume
+    # The compute dtype and the kernels (model.kernels) may change on resume: same parameters.
+    elif a != b and key not in ("dtype", "kernels"):
       out.append(f"{prefix}{key}: checkpoint {a!r}, config {b!r}")
   return out
 

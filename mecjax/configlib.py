@@ -42,6 +42,10 @@ def base() -> ml_collections.ConfigDict:
                  # computation dtype: float32 | bfloat16 (parameters, optimiser state and
                  # every loss stay float32; README "Mixed precision")
                  dtype="float32",
+                 # convolution / BatchNorm kernels: "auto" (those tuned for XLA:CPU where the
+                 # step is lowered for the CPU, plain XLA ones on GPU/TPU), "cpu", "xla";
+                 # the same parameters and checkpoints whichever (mecjax/models/resnet.py)
+                 kernels="auto",
                  # ViT encoders only (mecjax/models/vit.py; a ResNet refuses them). Unset:
                  # the named size's (vit_small: 16, 12 blocks, 12 heads); width above
                  # multiplies the named embedding width.

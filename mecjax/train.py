@@ -179,14 +179,7 @@ def run(config, workdir: str) -> dict:
   schedule_keys = ("lr", "ema_momentum") + tuple(method.schedule_metrics)
 
   update = make_update(method, tx, lr, ema_momentum, probe_net, probe_tx, probe_on)
-
-  def train_step(state: TrainState, batch):
-    key = jax.random.wrap_key_data(state.rng)
-    views = recipe.views(batch["image"], batch["index"], state.step, key)
-    return update(state, views, batch["label"])
-
-  p_train_step = jax.jit(train_step, in_shardings=(repl, parallel.batch_sharding(mesh)),
-                         out_shardings=(repl, repl), donate_argnums=(0,))
+  p_train_step = make_train_step(recipe, update, mesh)
 
   # --------------------------------------------------------------- evaluate
   evaluate = Evaluator(config, method, recipe, mesh, bank_src if knn_on else None,
@@ -390,6 +383,21 @@ def make_update(method, tx, lr, ema_momentum, probe_net, probe_tx, probe_on: boo
                          opt_state=opt_state, probe_params=probe_params,
                          probe_opt_state=probe_opt_state), metrics
   return update
+
+
+def make_train_step(recipe, update, mesh):
+  """The loop's jitted ``train_step(state, batch) -> (state, metrics)``: on-device
+  augmentation (``recipe.views``) then ``update`` (``make_update``); state replicated and
+  donated, the batch sharded over ``mesh``. Tests lower it for accelerators."""
+  repl = parallel.replicated(mesh)
+
+  def train_step(state: TrainState, batch):
+    key = jax.random.wrap_key_data(state.rng)
+    views = recipe.views(batch["image"], batch["index"], state.step, key)
+    return update(state, views, batch["label"])
+
+  return jax.jit(train_step, in_shardings=(repl, parallel.batch_sharding(mesh)),
+                 out_shardings=(repl, repl), donate_argnums=(0,))
 
 
 def _last_metrics(workdir: str) -> dict:

@@ -63,12 +63,13 @@ def as_float32(tree):
   return jax.tree.map(lambda x: x.astype(jnp.promote_types(x.dtype, jnp.float32)), tree)
 
 
-def mlp_head(cfg, dtype) -> models.MLPHead | None:
-  """An MLPHead from a ``config.projector`` / ``config.predictor`` block (None if out_dim=0)."""
+def mlp_head(cfg, dtype, kernels: str = "auto") -> models.MLPHead | None:
+  """An MLPHead from a ``config.projector`` / ``config.predictor`` block (None if out_dim=0);
+  ``kernels``: ``config.model.kernels``."""
   if not cfg.out_dim:
     return None
   return models.MLPHead(hidden=tuple(cfg.hidden), out_dim=cfg.out_dim, out_bn=cfg.out_bn,
-                        out_bias=cfg.get("out_bias", True), dtype=dtype)
+                        out_bias=cfg.get("out_bias", True), dtype=dtype, kernels=kernels)
 
 
 def apply(net: nn.Module, params, batch_stats, x, *, train: bool, method=None):
@@ -145,8 +146,10 @@ class Method:
   def build_network(self) -> nn.Module:
     cfg = self.config
     dtype = models.dtype_of(cfg.model)
-    return SSLNet(encoder=models.get_encoder(cfg.model), projector=mlp_head(cfg.projector, dtype),
-                  predictor=mlp_head(cfg.predictor, dtype))
+    kernels = models.kernels_of(cfg.model)
+    return SSLNet(encoder=models.get_encoder(cfg.model),
+                  projector=mlp_head(cfg.projector, dtype, kernels),
+                  predictor=mlp_head(cfg.predictor, dtype, kernels))
 
   def init(self, rng, image_shape) -> tuple[Any, Any]:
     """(params, state) for one view of shape (B, H, W, C)."""

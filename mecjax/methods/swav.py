@@ -71,7 +71,8 @@ class SwAV(Method):
   def build_network(self):
     cfg = self.config
     dtype = models.dtype_of(cfg.model)
-    return SSLNet(encoder=models.get_encoder(cfg.model), projector=mlp_head(cfg.projector, dtype),
+    return SSLNet(encoder=models.get_encoder(cfg.model),
+                  projector=mlp_head(cfg.projector, dtype, models.kernels_of(cfg.model)),
                   predictor=Prototypes(cfg.swav.num_prototypes))
 
   def init(self, rng, image_shape):

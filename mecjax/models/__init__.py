@@ -5,7 +5,9 @@ maps NHWC images to pooled features and exposes ``num_features``. ResNets read `
 (multiplier of the base widths) and ``zero_init_residual``; ViTs read ``width`` (multiplier
 of the named size's embedding width) and the ViT-only keys ``patch_size``, ``depth``,
 ``num_heads`` (unset: the named size's) and ``stop_grad_patch_embed``, which a ResNet
-refuses.
+refuses. Every encoder reads ``kernels`` ("auto" | "cpu" | "xla": ``resnet.KERNELS``); a ViT
+has no CPU-specific kernels (matrix products and LayerNorm only), so it accepts the key and
+computes the same whatever its value.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 from mecjax.configlib import ConfigError
 from mecjax.models.heads import MLPHead
 from mecjax.models.norm import BatchNorm
-from mecjax.models.resnet import ResNet, resnet18, resnet50
+from mecjax.models.resnet import KERNELS, ResNet, resnet18, resnet50
 from mecjax.models.vit import SIZES as VIT_SIZES
 from mecjax.models.vit import VisionTransformer
 
@@ -34,7 +36,8 @@ def _resnet(factory: Callable[..., ResNet], cifar_stem: bool):
         raise ConfigError(f"config.model.{key}={cfg.get(key)!r} applies to ViT encoders "
                           f"only, not config.model.name={cfg.name!r}")
     return factory(width=cfg.width, cifar_stem=cifar_stem,
-                   zero_init_residual=cfg.zero_init_residual, dtype=dtype_of(cfg))
+                   zero_init_residual=cfg.zero_init_residual, dtype=dtype_of(cfg),
+                   kernels=kernels_of(cfg))
   return build
 
 
@@ -42,6 +45,7 @@ def _vit(name: str):
   size = VIT_SIZES[name]
 
   def build(cfg) -> VisionTransformer:
+    kernels_of(cfg)   # checked; nothing in a ViT depends on it
     pick = lambda key: cfg.get(key) or size[key]
     width = int(round(size["width"] * cfg.width))
     heads = pick("num_heads")
@@ -72,6 +76,14 @@ def dtype_of(cfg):
   return DTYPES[cfg.dtype]
 
 
+def kernels_of(cfg) -> str:
+  """``cfg.kernels`` (config.model), checked; "auto" where a config dict has no such key."""
+  kernels = cfg.get("kernels") or "auto"
+  if kernels not in KERNELS:
+    raise ConfigError(f"config.model.kernels={kernels!r}: expected one of {list(KERNELS)}")
+  return kernels
+
+
 def frozen_modules(cfg) -> tuple[str, ...]:
   """Names of the encoder's submodules whose parameters the optimiser must leave at their
   initial values, weight decay included: MoCo v3's frozen random patch projection."""
@@ -88,4 +100,4 @@ def get_encoder(cfg):
 
 
 __all__ = ["BatchNorm", "ENCODERS", "MLPHead", "ResNet", "VisionTransformer", "get_encoder",
-           "frozen_modules", "resnet18", "resnet50", "dtype_of"]
+           "frozen_modules", "resnet18", "resnet50", "dtype_of", "kernels_of", "KERNELS"]

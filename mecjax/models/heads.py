@@ -49,6 +49,7 @@ class MLPHead(nn.Module):
     out_bias: bias on the output Linear (dropped when a BN follows: it would cancel).
     out_bn: None, ``'affine'`` or ``'no_affine'``: a BN after the output Linear.
     hidden_bias: bias on the hidden Linears (False: BN follows them).
+    kernels: the BatchNorms' kernels (``config.model.kernels``; ``norm.BatchNorm``).
   """
   hidden: Sequence[int]
   out_dim: int
@@ -56,12 +57,14 @@ class MLPHead(nn.Module):
   out_bn: str | None = None
   hidden_bias: bool = False
   dtype: Any = None
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = True):
     for i, width in enumerate(self.hidden):
       x = Linear(width, use_bias=self.hidden_bias, dtype=self.dtype, name=f"linear{i}")(x)
-      x = BatchNorm(use_running_average=not train, dtype=self.dtype, name=f"bn{i}")(x)
+      x = BatchNorm(use_running_average=not train, dtype=self.dtype, kernels=self.kernels,
+                    name=f"bn{i}")(x)
       x = nn.relu(x)
     n = len(self.hidden)
     x = Linear(self.out_dim, use_bias=self.out_bias and self.out_bn is None, dtype=self.dtype,
@@ -71,5 +74,5 @@ class MLPHead(nn.Module):
         raise ConfigError(f"out_bn must be None, 'affine' or 'no_affine', got {self.out_bn!r}")
       affine = self.out_bn == "affine"
       x = BatchNorm(use_running_average=not train, use_scale=affine, use_bias=affine,
-                    dtype=self.dtype, name=f"bn{n}")(x)
+                    dtype=self.dtype, kernels=self.kernels, name=f"bn{n}")(x)
     return x

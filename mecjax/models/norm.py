@@ -6,11 +6,14 @@ variance from the *unbiased* batch variance, momentum 0.1) make converted torchv
 weights and statistics behave the same.
 
 How the sums are taken matters as much on XLA:CPU (see "CPU-friendly kernels" below): per
-(256, H, W, C) feature map this module's forward is 2-9x faster than a plain
-``jnp.mean(x, axis=(0, 1, 2))`` formulation and its forward+backward 1.5-5x
-(benchmarks/explore_bn.py), and its gradients are accurate to ~1e-7 relative to a float64
-computation, where the plain formulation's input gradient was off by up to a few percent
-on offset inputs (benchmarks/explore_parity.py).
+(256, H, W, C) feature map this module's CPU forward is 2-9x faster than a plain
+``jnp.mean(x, axis=(0, 1, 2))`` formulation and its forward+backward 1.5-5x (measured on a
+2-core CPU), and its gradients are accurate to ~1e-7 relative to a float64 computation.
+Those kernels are for XLA:CPU only: their optimization barriers would split the fusions a
+GPU or TPU compiler makes of a plain reduction, so ``kernels`` (``"auto"``: chosen per
+lowering platform, as the ResNet's convolutions; ``"cpu"``; ``"xla"``) gives accelerators
+the plain one-pass formula in float32, with autodiff. Both read and write the same
+variables.
 
 Statistics are taken over every axis but the last, of whatever batch the module sees. Under
 ``jit`` with the batch sharded over a Mesh that batch is the global one, so this is SyncBN
@@ -38,6 +41,8 @@ class BatchNorm(nn.Module):
     use_scale, use_bias: learnable affine (``affine=False`` in PyTorch is both False).
     scale_init: ``zeros`` for the zero-init-residual last BN of a block.
     dtype: computation dtype of the output (statistics are always float32).
+    kernels: "auto" | "cpu" | "xla": the CPU-friendly sums below, the plain formula, or the
+      one for the lowering platform (``mecjax.models.resnet.KERNELS``).
   """
   use_running_average: bool | None = None
   momentum: float = 0.9
@@ -46,6 +51,7 @@ class BatchNorm(nn.Module):
   use_bias: bool = True
   scale_init: Any = nn.initializers.ones
   dtype: Any = None
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
@@ -55,21 +61,11 @@ class BatchNorm(nn.Module):
     n = x.size // features
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
-    # Feature maps (many rows): the CPU-friendly kernels below. Head activations (a batch
-    # of rows): plain reductions, which are faster there.
-    k = _fold(n, features) if n >= _MIN_ROWS else 1
-    rows = x.reshape(n // k, k * features)   # a free reshape (row-major)
 
     if use_ra:
       mean, var = ra_mean.value, ra_var.value
     else:
-      xf = rows.astype(jnp.float32)
-      if n >= _MIN_ROWS:
-        s1, s2 = column_sums(xf, xf * xf)
-        mean = s1.reshape(k, features).sum(axis=0) / n
-        meansq = s2.reshape(k, features).sum(axis=0) / n
-      else:
-        mean, meansq = jnp.mean(xf, axis=0), jnp.mean(xf * xf, axis=0)
+      mean, meansq = _dispatch(self.kernels, _moments_cpu, _moments_plain, x)
       var = jnp.maximum(meansq - mean * mean, 0.0)
       if not self.is_initializing():
         unbiased = var * (n / max(n - 1, 1))
@@ -83,10 +79,56 @@ class BatchNorm(nn.Module):
     if self.use_bias:
       add = add + self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
     dtype = self.dtype or x.dtype
-    if n < _MIN_ROWS:
-      return x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
-    y = affine(rows.astype(dtype), jnp.tile(mul, k), jnp.tile(add, k))
-    return y.reshape(x.shape)
+    return _dispatch(self.kernels, _affine_cpu, _affine_plain, x.astype(dtype), mul, add)
+
+
+def _dispatch(kernels: str, cpu, plain, *args):
+  """``cpu(*args)`` or ``plain(*args)`` as ``kernels`` says; "auto": per lowering platform
+  (only the lowering platform's branch, and its gradient, reaches the compiled program)."""
+  if kernels == "cpu":
+    return cpu(*args)
+  if kernels == "xla":
+    return plain(*args)
+  if kernels != "auto":
+    raise ValueError(f"kernels={kernels!r}: expected one of ('auto', 'cpu', 'xla')")
+  return jax.lax.platform_dependent(*args, cpu=cpu, default=plain)
+
+
+def _moments_plain(x):
+  """Per-channel float32 (mean, mean of squares) over every axis but the last."""
+  xf = x.astype(jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  return jnp.mean(xf, axis=axes), jnp.mean(xf * xf, axis=axes)
+
+
+def _affine_plain(x, mul, add):
+  """``x * mul + add`` in float32, returned in x's dtype: an accelerator fuses the casts into
+  the one elementwise pass, and autodiff then sums the gradients of ``mul`` and ``add`` in
+  float32 (a bfloat16 sum over a feature map loses ~10-30% of them)."""
+  return (x.astype(jnp.float32) * mul + add).astype(x.dtype)
+
+
+def _moments_cpu(x):
+  """``_moments_plain`` with the CPU-friendly column sums (feature maps); head activations
+  (a batch of rows) keep plain reductions, which are faster there."""
+  features = x.shape[-1]
+  n = x.size // features
+  if n < _MIN_ROWS:
+    return _moments_plain(x)
+  k = _fold(n, features)
+  xf = x.reshape(n // k, k * features).astype(jnp.float32)   # a free reshape (row-major)
+  s1, s2 = column_sums(xf, xf * xf)
+  return s1.reshape(k, features).sum(axis=0) / n, s2.reshape(k, features).sum(axis=0) / n
+
+
+def _affine_cpu(x, mul, add):
+  features = x.shape[-1]
+  n = x.size // features
+  if n < _MIN_ROWS:
+    return x * mul.astype(x.dtype) + add.astype(x.dtype)
+  k = _fold(n, features)
+  y = affine(x.reshape(n // k, k * features), jnp.tile(mul, k), jnp.tile(add, k))
+  return y.reshape(x.shape)
 
 
 # ------------------------------------------------------------------ CPU-friendly kernels

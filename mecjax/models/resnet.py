@@ -25,33 +25,66 @@ from mecjax.models.norm import BatchNorm
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _conv(features, kernel, stride=1, name=None, dtype=None):
-  return Conv(features, kernel, stride, dtype=dtype, name=name)
+# Which convolution and BatchNorm kernels run (``config.model.kernels``): "cpu" the ones
+# arranged for XLA:CPU below, "xla" plain ``lax.conv_general_dilated`` with autodiff and the
+# plain BatchNorm formula, "auto" the CPU ones where the computation is lowered for the CPU
+# and the plain ones for every other platform. "auto" is decided per lowering platform
+# (``jax.lax.platform_dependent``), not by the machine running Python, so a step exported
+# for cuda or tpu from a CPU host is the step an accelerator runs. The parameters are the
+# same whichever runs.
+KERNELS = ("auto", "cpu", "xla")
+
+
+def check_kernels(kernels: str) -> str:
+  if kernels not in KERNELS:
+    raise ValueError(f"kernels={kernels!r}: expected one of {KERNELS}")
+  return kernels
+
+
+def _conv(features, kernel, stride=1, name=None, dtype=None, kernels="auto"):
+  return Conv(features, kernel, stride, dtype=dtype, kernels=kernels, name=name)
 
 
 class Conv(nn.Module):
   """``nn.Conv(features, (k, k), strides=(s, s), padding=((p, p), (p, p)), use_bias=False)``
   with ``p = (k - 1) // 2``: the same parameter (``kernel``, HWIO, float32), initialisation
-  and output, with a gradient arranged for XLA:CPU (``conv2d``)."""
+  and output; ``kernels`` picks how it is computed (``conv``)."""
   features: int
   kernel_size: int
   stride: int = 1
   dtype: Any = None
+  kernels: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
     kernel = self.param("kernel", conv_init, (k, k, x.shape[-1], self.features), jnp.float32)
     dtype = self.dtype or jnp.result_type(x.dtype, kernel.dtype)
-    return conv2d(x.astype(dtype), kernel.astype(dtype), self.stride, (k - 1) // 2)
+    return conv(x.astype(dtype), kernel.astype(dtype), self.stride, (k - 1) // 2,
+                self.kernels)
+
+
+def conv(x, kernel, stride: int, pad: int, kernels: str = "auto"):
+  """NHWC x HWIO convolution, strides ``(stride, stride)``, symmetric padding ``pad``:
+  ``conv2d`` (kernels "cpu"), the plain ``lax.conv_general_dilated`` ("xla"), or per
+  lowering platform ("auto": ``conv2d`` on cpu, the plain one elsewhere)."""
+  if check_kernels(kernels) == "cpu":
+    return conv2d(x, kernel, stride, pad)
+  if kernels == "xla":
+    return _conv2d(x, kernel, stride, pad)
+  # Both branches are traced; lowering for one platform keeps only that platform's branch
+  # (forward and gradient), so no while loop of ``conv2d`` reaches a GPU or TPU program.
+  return jax.lax.platform_dependent(
+      x, kernel, cpu=lambda x, k: conv2d(x, k, stride, pad),
+      default=lambda x, k: _conv2d(x, k, stride, pad))
 
 
 # ------------------------------------------------------------- convolution for XLA:CPU
 #
 # XLA:CPU runs every convolution through Eigen. Its forward pass is within ~25% of
 # PyTorch's (oneDNN); its gradients are where a ResNet step loses most of its time.
-# ``conv2d`` keeps the forward and arranges the backward pass (benchmarks/explore_*.py;
-# effects on a CIFAR ResNet-18 forward+backward, batch 256, 2-core CPU):
+# ``conv2d`` keeps the forward and arranges the backward pass (effects on a CIFAR
+# ResNet-18 forward+backward, batch 256, measured on a 2-core CPU):
 #
 # * Operands are materialised first (``_materialize``): -24% (width 64) to -32% (width 16).
 #   The weight gradient is a convolution over transposed copies of the input and of the
@@ -67,7 +100,9 @@ class Conv(nn.Module):
 #   input: -2% at width 16, neutral at 64.
 #
 # Values are those of ``jax.lax.conv_general_dilated`` and its autodiff up to float32
-# summation order (checked in benchmarks/explore_parity.py).
+# summation order (tests/test_kernels.py). None of this is for an accelerator: there a while
+# loop is a device-host round trip that also splits fusions, and cuDNN / the TPU compiler
+# handle strided and 1x1 gradients themselves, so "auto" gives them the plain convolution.
 
 
 def _conv2d(x, kernel, stride: int, pad: int):
@@ -163,18 +198,21 @@ class BasicBlock(nn.Module):
   stride: int = 1
   zero_init_residual: bool = False
   dtype: Any = None
+  kernels: str = "auto"
   expansion = 1
 
   @nn.compact
   def __call__(self, x, train: bool):
-    bn = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
+    bn = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype,
+                           kernels=self.kernels)
+    cv = functools.partial(_conv, dtype=self.dtype, kernels=self.kernels)
     last_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
-    y = _conv(self.features, 3, self.stride, "conv1", self.dtype)(x)
+    y = cv(self.features, 3, self.stride, "conv1")(x)
     y = nn.relu(bn(name="bn1")(y))
-    y = _conv(self.features, 3, 1, "conv2", self.dtype)(y)
+    y = cv(self.features, 3, 1, "conv2")(y)
     y = bn(name="bn2", scale_init=last_init)(y)
     if self.stride != 1 or x.shape[-1] != self.features:
-      x = _conv(self.features, 1, self.stride, "downsample_conv", self.dtype)(x)
+      x = cv(self.features, 1, self.stride, "downsample_conv")(x)
       x = bn(name="downsample_bn")(x)
     return nn.relu(x + y)
 
@@ -185,18 +223,21 @@ class Bottleneck(nn.Module):
   stride: int = 1
   zero_init_residual: bool = False
   dtype: Any = None
+  kernels: str = "auto"
   expansion = 4
 
   @nn.compact
   def __call__(self, x, train: bool):
-    bn = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype)
+    bn = functools.partial(BatchNorm, use_running_average=not train, dtype=self.dtype,
+                           kernels=self.kernels)
+    cv = functools.partial(_conv, dtype=self.dtype, kernels=self.kernels)
     last_init = nn.initializers.zeros if self.zero_init_residual else nn.initializers.ones
     out = self.features * self.expansion
-    y = nn.relu(bn(name="bn1")(_conv(self.features, 1, 1, "conv1", self.dtype)(x)))
-    y = nn.relu(bn(name="bn2")(_conv(self.features, 3, self.stride, "conv2", self.dtype)(y)))
-    y = bn(name="bn3", scale_init=last_init)(_conv(out, 1, 1, "conv3", self.dtype)(y))
+    y = nn.relu(bn(name="bn1")(cv(self.features, 1, 1, "conv1")(x)))
+    y = nn.relu(bn(name="bn2")(cv(self.features, 3, self.stride, "conv2")(y)))
+    y = bn(name="bn3", scale_init=last_init)(cv(out, 1, 1, "conv3")(y))
     if self.stride != 1 or x.shape[-1] != out:
-      x = _conv(out, 1, self.stride, "downsample_conv", self.dtype)(x)
+      x = cv(out, 1, self.stride, "downsample_conv")(x)
       x = bn(name="downsample_bn")(x)
     return nn.relu(x + y)
 
@@ -211,6 +252,7 @@ class ResNet(nn.Module):
     cifar_stem: 3x3 stride-1 first convolution and no max-pool (for 32x32 inputs).
     zero_init_residual: zero the last BN scale of every residual block.
     dtype: computation dtype (parameters stay float32).
+    kernels: "auto" | "cpu" | "xla", which convolution and BatchNorm kernels (``KERNELS``).
   """
   stage_sizes: Sequence[int]
   block: Any
@@ -218,6 +260,7 @@ class ResNet(nn.Module):
   cifar_stem: bool = False
   zero_init_residual: bool = False
   dtype: Any = None
+  kernels: str = "auto"
 
   @property
   def num_features(self) -> int:
@@ -229,17 +272,18 @@ class ResNet(nn.Module):
     x = x.astype(dtype)
     base = int(64 * self.width)
     if self.cifar_stem:
-      x = _conv(base, 3, 1, "conv1", self.dtype)(x)
+      x = _conv(base, 3, 1, "conv1", self.dtype, self.kernels)(x)
     else:
-      x = _conv(base, 7, 2, "conv1", self.dtype)(x)
-    x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype, name="bn1")(x))
+      x = _conv(base, 7, 2, "conv1", self.dtype, self.kernels)(x)
+    x = nn.relu(BatchNorm(use_running_average=not train, dtype=self.dtype,
+                          kernels=self.kernels, name="bn1")(x))
     if not self.cifar_stem:
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
         x = self.block(int(64 * self.width) * 2**i, stride=2 if (i > 0 and j == 0) else 1,
                        zero_init_residual=self.zero_init_residual, dtype=self.dtype,
-                       name=f"layer{i + 1}_{j}")(x, train)
+                       kernels=self.kernels, name=f"layer{i + 1}_{j}")(x, train)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 

@@ -1,0 +1,262 @@
+"""MEC on whatever JAX finds (GPU, TPU, or the CPU): train-step throughput and a short run.
+
+  python benchmarks/bench_accelerator.py [--out DIR] [--data ARCHIVE] [--tiny]
+
+Part 1, the loop's whole jitted MEC train step (``mecjax.lowering.build_step``: on-device
+augmentation, forward, loss, backward, SGD/AdamW, EMA teacher, online probe, monitors) for
+CIFAR ResNet-18 (batch 512; float32 and bfloat16), ResNet-50 at 224 and ViT-S/16 at 224
+(bfloat16, batch 256 per device). For each: images/s with every view counted, peak device
+memory (``device.memory_stats()``; None on the CPU), MFU (XLA's cost analysis of the step
+over the time, against the chip's dense bfloat16 peak where it is known), the largest
+per-device batch that fits (doubling until out of memory, bounded by --max-doublings) and
+images/s with ``model.kernels`` "cpu" and "xla" ("auto" is "cpu" on the CPU, "xla" on
+accelerators).
+
+Part 2, a MEC CIFAR-10 run: full-width CIFAR ResNet-18, the train split held in device
+memory (batches gathered on the device, no host input), --steps steps, then the weighted kNN
+monitor (bank: the train split, queries: the test split) on device: its figure and the
+wall-clock time to it. Images: the CIFAR-10 JPEG archive (--data; by default the one beside
+the repository when present) or, without it, synthetic images (the kNN figure is then
+chance, the timings still hold).
+
+``--tiny`` runs the same code at tiny sizes (a CPU finishes it in about a minute) so a test
+keeps the script working. Writes DIR/bench_accelerator.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mecjax import configlib, evaluators, lowering, parallel
+from mecjax.data import sources
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz")
+# Dense bfloat16 peak FLOP/s by device_kind substring (vendor figures).
+PEAKS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "TPU v5 lite": 197e12,
+         "TPU v5e": 197e12, "TPU v4": 275e12, "TPU v5p": 459e12, "TPU v6": 918e12}
+
+# name, config, dtype, per-device batch (None: global batch as given)
+CASES = [("CIFAR ResNet-18 fp32", "configs/mec_cifar10.py", "float32", None, 512),
+         ("CIFAR ResNet-18 bf16", "configs/mec_cifar10.py", "bfloat16", None, 512),
+         ("ResNet-50 224 bf16", "configs/mec_imagenet.py", "bfloat16", 256, None),
+         ("ViT-S/16 224 bf16", "configs/mec_imagenet_vit.py:vit_s", "bfloat16", 256, None)]
+
+
+def peak_flops(device) -> float | None:
+  kind = getattr(device, "device_kind", "")
+  return next((v for k, v in PEAKS.items() if k in kind), None)
+
+
+def peak_memory(device) -> int | None:
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if not stats:
+    return None
+  return int(stats.get("peak_bytes_in_use", stats.get("bytes_in_use", 0)))
+
+
+def case_config(spec: str, dtype: str, kernels: str, tiny: bool):
+  config = configlib.load(spec + (",smoke" if ":" in spec else ":smoke") if tiny else spec)
+  config.model.dtype = dtype
+  config.model.kernels = kernels
+  if tiny:
+    config.data.image_size = 16 if "cifar" in spec else 32
+  return config
+
+
+def time_step(config, batch: int, steps: int) -> dict:
+  """Compile and time the train step at a global batch; images/s counts every view."""
+  s = lowering.build_step(config, batch)
+  state, data = lowering.concrete_inputs(s)
+  t = time.time()
+  compiled = s.step.lower(state, data).compile()
+  compile_s = time.time() - t
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  state, m = compiled(state, data)       # warm-up
+  jax.block_until_ready(m)
+  t = time.time()
+  for _ in range(steps):
+    state, m = compiled(state, data)
+  jax.block_until_ready(m)
+  dt = (time.time() - t) / steps
+  if not np.isfinite(float(m["loss"])):
+    raise FloatingPointError(f"non-finite loss in the timed steps of {config.model.name}")
+  return {"images_per_sec": batch * s.views / dt, "step_seconds": dt, "compile_seconds":
+          compile_s, "flops_per_step": flops, "views": s.views}
+
+
+def is_oom(e: Exception) -> bool:
+  text = str(e).lower()
+  return "resource_exhausted" in text or "out of memory" in text or "oom" in text
+
+
+def largest_batch(config, start: int, doublings: int) -> int:
+  """The largest global batch, start x 2^k (k <= doublings), whose step compiles and runs."""
+  best = start
+  for k in range(1, doublings + 1):
+    try:
+      time_step(config, start * 2**k, 1)
+      best = start * 2**k
+    except Exception as e:   # noqa: BLE001 - only out-of-memory ends the search quietly
+      if not is_oom(e):
+        raise
+      break
+  return best
+
+
+def bench_cases(a, devices) -> list[dict]:
+  n, dev = len(devices), devices[0]
+  peak = peak_flops(dev)
+  rows = []
+  for name, spec, dtype, per_device, global_batch in CASES:
+    batch = (per_device * n if per_device else global_batch)
+    if a.tiny:
+      batch = 8 * n
+    row = {"case": name, "config": spec, "dtype": dtype, "global_batch": batch,
+           "per_device_batch": batch // n}
+    auto = "cpu" if dev.platform == "cpu" else "xla"
+    for kernels in ("xla", "cpu"):
+      config = case_config(spec, dtype, kernels, a.tiny)
+      r = time_step(config, batch, a.steps)
+      row[f"images_per_sec_{kernels}"] = r["images_per_sec"]
+      if kernels == auto:
+        row.update(r)
+        row["peak_memory_bytes"] = peak_memory(dev)
+        row["mfu"] = (r["flops_per_step"] / r["step_seconds"] / (n * peak)) if peak else None
+    row["kernels_auto"] = auto
+    row["largest_per_device_batch"] = largest_batch(
+        case_config(spec, dtype, auto, a.tiny), batch, a.max_doublings) // n
+    rows.append(row)
+    print(f"# {name}: {row['images_per_sec']:.1f} img/s", flush=True)
+  return rows
+
+
+def load_cifar(path: str | None, tiny: bool, side: int):
+  """(train images, labels, test images, labels, source) as uint8 / int32 numpy arrays."""
+  n_train, n_test = (512, 256) if tiny else (None, None)
+  if path and os.path.exists(path):
+    cfg = configlib.base().data
+    cfg.path = path
+    tr = sources.load_split(cfg, "train", n_train, True, side)
+    te = sources.load_split(cfg, "test", n_test, True, side)
+    return tr.images, tr.labels, te.images, te.labels, os.path.abspath(path)
+  rng = np.random.default_rng(0)
+  n_train, n_test = n_train or 50_000, n_test or 10_000
+  make = lambda n: (rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8),
+                    rng.integers(0, 10, n).astype(np.int32))
+  return (*make(n_train), *make(n_test), "synthetic")
+
+
+def training_run(a, devices) -> dict:
+  """MEC on CIFAR-10, data in device memory, then kNN; times from the first step."""
+  config = configlib.load("configs/mec_cifar10.py" + (":smoke" if a.tiny else ""))
+  config.model.dtype = a.run_dtype
+  batch = 64 if a.tiny else config.batch_size
+  side = config.data.image_size
+  t0 = time.time()
+  x_tr, y_tr, x_te, y_te, origin = load_cifar(a.data, a.tiny, side)
+  load_s = time.time() - t0
+  mesh = parallel.make_mesh()
+  repl, rows = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  s = lowering.build_step(config, batch, mesh=mesh, steps_per_epoch=len(x_tr) // batch)
+  images, labels = jax.device_put(x_tr, repl), jax.device_put(y_tr, repl)
+
+  @jax.jit
+  def gather(images, labels, step):   # a shuffled batch, drawn on the device
+    idx = jax.random.choice(jax.random.fold_in(jax.random.key(1), step), images.shape[0],
+                            (batch,), replace=False)
+    return jax.lax.with_sharding_constraint(
+        {"image": images[idx], "label": labels[idx], "index": idx.astype(jnp.int32)}, rows)
+
+  state = jax.jit(s.init, static_argnums=0, out_shardings=repl)(config.seed)
+  jax.block_until_ready(state)
+  t1 = time.time()
+  for i in range(a.run_steps):
+    state, m = s.step(state, gather(images, labels, i))
+    if i == 0:
+      jax.block_until_ready(m)
+      first = time.time() - t1
+  jax.block_until_ready(m)
+  train_s = time.time() - t1
+
+  encode = jax.jit(lambda p, ms, x: s.method.encode(p, ms, s.recipe.eval_view(x)))
+
+  def features(x):
+    eb = 256
+    out = [encode(state.params, state.model_state, jax.device_put(x[i:i + eb], repl))
+           for i in range(0, len(x), eb)]
+    return jnp.concatenate(out)
+
+  bank, queries = features(x_tr), features(x_te)
+  knn = float(evaluators.knn_top1(
+      bank, jnp.asarray(y_tr), jnp.ones(len(y_tr), bool), queries, jnp.asarray(y_te),
+      jnp.ones(len(y_te), bool), num_classes=10, k=config.knn.k,
+      temperature=config.knn.temperature))
+  total = time.time() - t1
+  return {"data": origin, "train_images": int(len(x_tr)), "test_images": int(len(x_te)),
+          "global_batch": batch, "steps": a.run_steps, "dtype": a.run_dtype,
+          "load_seconds": load_s, "first_step_seconds": first, "train_seconds": train_s,
+          "images_per_sec": (a.run_steps - 1) * batch * s.views / max(train_s - first, 1e-9)
+          if a.run_steps > 1 else None,
+          "knn_top1": knn, "seconds_to_knn": total, "final_loss": float(m["loss"])}
+
+
+def markdown(result: dict) -> str:
+  lines = ["| case | global batch | img/s (views) | kernels cpu / xla img/s | peak memory GiB | "
+           "MFU | largest batch / device | compile s |", "|---" * 8 + "|"]
+  for r in result["steps"]:
+    mem = f"{r['peak_memory_bytes'] / 2**30:.1f}" if r["peak_memory_bytes"] else "-"
+    mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+    lines.append(f"| {r['case']} | {r['global_batch']} | {r['images_per_sec']:.1f} | "
+                 f"{r['images_per_sec_cpu']:.1f} / {r['images_per_sec_xla']:.1f} | {mem} | "
+                 f"{mfu} | {r['largest_per_device_batch']} | {r['compile_seconds']:.0f} |")
+  run = result["run"]
+  lines.append("")
+  lines.append(f"MEC CIFAR-10 run ({run['data']}): {run['steps']} steps of {run['global_batch']}"
+               f", {run['dtype']}: kNN top-1 {run['knn_top1']:.4f} after "
+               f"{run['seconds_to_knn']:.0f}s (first step {run['first_step_seconds']:.0f}s, "
+               f"images loaded in {run['load_seconds']:.0f}s)")
+  return "\n".join(lines)
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--out", default="runs/bench_accelerator")
+  p.add_argument("--data", default=DEFAULT_DATA, help="CIFAR-10 archive (synthetic if absent)")
+  p.add_argument("--tiny", action="store_true", help="tiny sizes: the code paths on a CPU")
+  p.add_argument("--steps", type=int, default=None, help="timed steps per case")
+  p.add_argument("--max-doublings", type=int, default=None)
+  p.add_argument("--run-steps", type=int, default=None, help="steps of the CIFAR-10 run")
+  p.add_argument("--run-dtype", default="bfloat16")
+  a = p.parse_args()
+  a.steps = a.steps or (2 if a.tiny else 10)
+  a.max_doublings = a.max_doublings if a.max_doublings is not None else (1 if a.tiny else 3)
+  a.run_steps = a.run_steps or (3 if a.tiny else 500)
+  devices = jax.devices()
+  t = time.time()
+  result = {"date": time.strftime("%Y-%m-%d"), "backend": jax.default_backend(),
+            "device_kind": devices[0].device_kind, "devices": len(devices),
+            "host": platform.processor() or platform.machine(), "jax": jax.__version__,
+            "tiny": a.tiny, "peak_flops_per_device": peak_flops(devices[0])}
+  result["steps"] = bench_cases(a, devices)
+  result["run"] = training_run(a, devices)
+  result["seconds"] = time.time() - t
+  os.makedirs(a.out, exist_ok=True)
+  with open(os.path.join(a.out, "bench_accelerator.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  print(markdown(result))
+  print(f"\nwrote {os.path.join(a.out, 'bench_accelerator.json')} ({result['seconds']:.0f}s)")
+
+
+if __name__ == "__main__":
+  main()

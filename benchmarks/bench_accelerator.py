@@ -19,7 +19,8 @@ wall-clock time to it. Images: the CIFAR-10 JPEG archive (--data; by default the
 the repository when present) or, without it, synthetic images (the kNN figure is then
 chance, the timings still hold).
 
-``--tiny`` runs the same code at tiny sizes (a CPU finishes it in about a minute) so a test
+``--tiny`` runs the same code at tiny sizes, the kernel comparison and the batch search on
+the first case only (a CPU finishes it in a minute or two) so a test
 keeps the script working. Writes DIR/bench_accelerator.json and prints a markdown table.
 """
 
@@ -118,7 +119,10 @@ def bench_cases(a, devices) -> list[dict]:
   n, dev = len(devices), devices[0]
   peak = peak_flops(dev)
   rows = []
-  for name, spec, dtype, per_device, global_batch in CASES:
+  for i, (name, spec, dtype, per_device, global_batch) in enumerate(CASES):
+    # --tiny: the kernel comparison and the batch search run on the first case only (the same
+    # functions; each further compilation of a whole step costs a CPU many seconds).
+    full = not a.tiny or i == 0
     batch = (per_device * n if per_device else global_batch)
     if a.tiny:
       batch = 8 * n
@@ -126,6 +130,9 @@ def bench_cases(a, devices) -> list[dict]:
            "per_device_batch": batch // n}
     auto = "cpu" if dev.platform == "cpu" else "xla"
     for kernels in ("xla", "cpu"):
+      if not full and kernels != auto:
+        row[f"images_per_sec_{kernels}"] = None
+        continue
       config = case_config(spec, dtype, kernels, a.tiny)
       r = time_step(config, batch, a.steps)
       row[f"images_per_sec_{kernels}"] = r["images_per_sec"]
@@ -135,7 +142,7 @@ def bench_cases(a, devices) -> list[dict]:
         row["mfu"] = (r["flops_per_step"] / r["step_seconds"] / (n * peak)) if peak else None
     row["kernels_auto"] = auto
     row["largest_per_device_batch"] = largest_batch(
-        case_config(spec, dtype, auto, a.tiny), batch, a.max_doublings) // n
+        case_config(spec, dtype, auto, a.tiny), batch, a.max_doublings) // n if full else None
     rows.append(row)
     print(f"# {name}: {row['images_per_sec']:.1f} img/s", flush=True)
   return rows
@@ -217,9 +224,11 @@ def markdown(result: dict) -> str:
   for r in result["steps"]:
     mem = f"{r['peak_memory_bytes'] / 2**30:.1f}" if r["peak_memory_bytes"] else "-"
     mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+    ips = lambda k: "-" if r[f"images_per_sec_{k}"] is None else f"{r[f'images_per_sec_{k}']:.1f}"
+    largest = "-" if r["largest_per_device_batch"] is None else r["largest_per_device_batch"]
     lines.append(f"| {r['case']} | {r['global_batch']} | {r['images_per_sec']:.1f} | "
-                 f"{r['images_per_sec_cpu']:.1f} / {r['images_per_sec_xla']:.1f} | {mem} | "
-                 f"{mfu} | {r['largest_per_device_batch']} | {r['compile_seconds']:.0f} |")
+                 f"{ips('cpu')} / {ips('xla')} | {mem} | "
+                 f"{mfu} | {largest} | {r['compile_seconds']:.0f} |")
   run = result["run"]
   lines.append("")
   lines.append(f"MEC CIFAR-10 run ({run['data']}): {run['steps']} steps of {run['global_batch']}"

@@ -186,16 +186,16 @@ def make_tx(config, run, uses_target: bool, frozen=None):
   ``frozen`` (``Method.frozen_mask()``): parameters whose updates, weight decay included,
   are zeroed, so they stay at their initial values. ``run``: the run's sizes
   (``global_batch``, ``steps_per_epoch``, ``total_steps``; ``methods.RunInfo``)."""
-  peak = scaled_lr(config.base_lr, run.global_batch)
+  peak = scaled_lr(config.optim.base_lr, run.global_batch)
   warmup = configlib.duration(config.optim, "warmup", run.steps_per_epoch, default=0)
-  lr = warmup_cosine(peak, run.total_steps, warmup, config.end_lr_factor * peak,
-                           convention=config.schedule)
+  lr = warmup_cosine(peak, run.total_steps, warmup, config.optim.end_lr_factor * peak,
+                     convention=config.optim.schedule)
   tx = make_optimizer(config.optim, lr)
   if frozen is not None:
     tx = optax.chain(tx, optax.masked(optax.set_to_zero(), frozen))
   ema_momentum = None
   if uses_target:
     ema_momentum = cosine_momentum(config.ema.momentum, run.total_steps,
-                                         config.ema.final_momentum)
+                                   config.ema.final_momentum)
     tx = optax.chain(tx, ema_target(ema_momentum))
   return tx, lr, ema_momentum

@@ -274,6 +274,9 @@ def test_knn_build_reads_config_knn_unless_the_entry_sets_a_field():
   config.evals.knn.k, config.evals.knn.temperature = 9, 0.5
   ev = knn.build("knn", config.evals.knn, context)
   assert (ev.k, ev.temperature) == (9, 0.5)
+  config.evals.knn.k = 0
+  with pytest.raises(configlib.ConfigError, match="config.evals.knn: k=0"):
+    knn.build("knn", config.evals.knn, context)
   config.knn.enabled = False
   assert knn.build("knn", config.evals.knn, context) is None
   assert probe.build("probe", config.evals.probe,

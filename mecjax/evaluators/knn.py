@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mecjax import configlib
 from mecjax.data import sources
 from mecjax.evaluators import common
 from mecjax.losses.mec import l2_normalize
@@ -99,8 +100,12 @@ def build(name: str, cfg, context: common.Context) -> Evaluator | None:
   fallback = context.config.knn
   if not fallback.enabled or not context.num_classes:
     return None
+  k, temperature = common.setting(cfg, fallback, "k"), common.setting(cfg, fallback,
+                                                                     "temperature")
+  if k <= 0 or temperature <= 0:
+    raise configlib.ConfigError(f"config.evals.{name}: k={k}, temperature={temperature}: "
+                                "expected both > 0")
   bank = sources.subset(context.train, common.setting(cfg, fallback, "max_train_examples"))
   return Evaluator(context.features, bank, context.eval, num_classes=context.num_classes,
-                   k=int(common.setting(cfg, fallback, "k")),
-                   temperature=float(common.setting(cfg, fallback, "temperature")),
+                   k=int(k), temperature=float(temperature),
                    note=f"BN in {context.bn_mode} mode")

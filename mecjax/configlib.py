@@ -186,6 +186,12 @@ def base() -> ml_collections.ConfigDict:
                k=placeholder(int), temperature=placeholder(float),
                max_train_examples=placeholder(int)),
       probe=dict(type="probe", every_steps=placeholder(int), every_epochs=placeholder(float)),
+      # Off unless type="linear": a linear softmax probe on un-augmented features of the
+      # training split (max_train_examples; unset: config.knn's), standardised, trained
+      # for `epochs` by SGD; linear_top1 / linear_top5 of the eval split.
+      linear=dict(type=placeholder(str), every_steps=placeholder(int),
+                  every_epochs=placeholder(float), epochs=10, lr=0.1, batch_size=256,
+                  max_train_examples=placeholder(int)),
   )
   # Offline linear probe (task "linear"; mecjax/evaluators/linear.py): BN without affine,
   # then Linear, on the frozen encoder's features; optim / batch_size / total_* are its own.

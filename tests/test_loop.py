@@ -327,3 +327,36 @@ def test_storage_rule():
   assert sources.storage(dcfg) == (False, 224)   # large images: lazily, at image_size
   dcfg.in_memory = True
   assert sources.storage(dcfg) == (True, 48)
+
+
+def test_mid_run_linear_probe_separates_separable_features_and_is_off_by_default():
+  from mecjax.evaluators import linear
+  rng = np.random.default_rng(2)
+  centres = 4.0 * rng.normal(size=(3, 8))
+  make = lambda n: (lambda y: ((centres[y] + rng.normal(size=(n, 8))).astype(np.float32), y))(
+      rng.integers(0, 3, n))
+  train_src, queries = object(), object()
+  table = {id(train_src): make(120), id(queries): make(60)}
+  ev = linear.MidRunProbe(features_of(table), train_src, queries, num_classes=3, epochs=30,
+                          lr=0.1, batch_size=32, seed=0)
+  row = dict(ev.run(None))
+  assert row["linear_top1"] == 1.0 and row["linear_top5"] == 1.0
+  # Labels unrelated to the features: near chance on held-out queries.
+  x, y = table[id(queries)]
+  table[id(queries)] = (x, rng.permutation(y))
+  assert dict(ev.run(None))["linear_top1"] < 0.6
+
+  config = configlib.base()
+  context = common.Context(config=config, train=None, load_eval=lambda: None, num_classes=0,
+                           features=None)
+  config.knn.enabled = config.probe.enabled = False
+  assert registry.build_all(config, context, 4) == []          # evals.linear.type unset
+  config.evals.knn.type = "None"   # as --config.evals.knn.type=None arrives: off too
+  config.knn.enabled = True
+  assert registry.build_all(config, context, 4) == []
+  config.evals.linear.type = "linear"
+  assert registry.build_all(config, context, 4) == []          # unlabelled: not applicable
+  config.evals.linear.epochs = 0
+  context.num_classes = 3
+  with pytest.raises(configlib.ConfigError, match="config.evals.linear: epochs=0"):
+    registry.build_all(config, context, 4)

@@ -4,8 +4,8 @@
 (``every_steps`` or ``every_epochs``). A type is a module ``mecjax.evaluators.<type>``
 with ``build(name, cfg, context) -> evaluator | None`` (None: not applicable to this run,
 e.g. unlabelled data), or a builder given to ``register`` (tests, notebooks). So a new
-evaluator is one new module plus its config entry. An entry whose ``type`` is None or ""
-is off.
+evaluator is one new module plus its config entry. An entry whose ``type`` is None, "" or
+"none" (as the command line spells it) is off.
 
 Cadence: an entry with neither ``every_*`` set takes ``config.knn.every_*`` (the monitor
 cadence the configs set), and with that unset too runs at the last step only; every
@@ -22,7 +22,7 @@ from mecjax import configlib
 
 _REGISTERED: dict[str, Callable] = {}
 # Modules of this package that are not evaluator types.
-_NOT_TYPES = ("common", "registry", "downstream", "metrics", "linear", "finetune")
+_NOT_TYPES = ("common", "registry", "downstream", "metrics", "finetune")
 
 
 def register(type_name: str, build: Callable) -> None:
@@ -64,7 +64,7 @@ def build_all(config, context, steps_per_epoch: int) -> list[tuple]:
   the entries that are off or not applicable; in name order (a ConfigDict sorts its keys)."""
   out = []
   for name, cfg in config.evals.items():
-    if not cfg.get("type"):
+    if str(cfg.get("type") or "").lower() in ("", "none"):   # --config.evals.X.type=none
       continue
     evaluator = builder(name, cfg.type)(name, cfg, context)
     if evaluator is not None:

@@ -173,6 +173,26 @@ def base() -> ml_collections.ConfigDict:
   c.knn = dict(enabled=True, every_steps=placeholder(int), every_epochs=placeholder(float),
                k=200, temperature=0.1, max_train_examples=placeholder(int))
   c.probe = dict(enabled=True, lr=0.1, momentum=0.9, weight_decay=0.0)
+  # Evaluators of pre-training, by name (mecjax/evaluators/registry.py): each entry's
+  # ``type`` is a module of mecjax/evaluators (None: off), run every ``every_steps`` /
+  # ``every_epochs`` and at the last step. Unset fields fall back to the older sections,
+  # which keep their meaning: the cadence to config.knn.every_* (unset too: the last step
+  # only); knn's k, temperature and max_train_examples to config.knn's; config.knn.enabled
+  # and config.probe.enabled still switch the two off. So config.knn.* sets both monitors
+  # and an entry here overrides it for one. knn_top1: weighted kNN of the eval split
+  # against the training split's features; probe_top1: the online probe on the eval split.
+  c.evals = dict(
+      knn=dict(type="knn", every_steps=placeholder(int), every_epochs=placeholder(float),
+               k=placeholder(int), temperature=placeholder(float),
+               max_train_examples=placeholder(int)),
+      probe=dict(type="probe", every_steps=placeholder(int), every_epochs=placeholder(float)),
+      # Off unless type="linear": a linear softmax probe on un-augmented features of the
+      # training split (max_train_examples; unset: config.knn's), standardised, trained
+      # for `epochs` by SGD; linear_top1 / linear_top5 of the eval split.
+      linear=dict(type=placeholder(str), every_steps=placeholder(int),
+                  every_epochs=placeholder(float), epochs=10, lr=0.1, batch_size=256,
+                  max_train_examples=placeholder(int)),
+  )
   # Offline linear probe (task "linear"; mecjax/evaluators/linear.py): BN without affine,
   # then Linear, on the frozen encoder's features; optim / batch_size / total_* are its own.
   c.linear = dict(

@@ -89,18 +89,14 @@ class LoadedRun:
 
   def load_split(self, split: str, max_examples: int | None):
     from mecjax import data as data_lib
-    dcfg = self.config.data
-    size = dcfg.image_size
-    in_memory = dcfg.in_memory if dcfg.in_memory is not None else size <= 64
-    stored = (dcfg.stored_size or size) if in_memory else size
-    return data_lib.load_split(dcfg, split, max_examples, in_memory, stored)
+    return data_lib.load_config_split(self.config.data, split, max_examples)
 
   def outputs(self, params, model_state, source, key: str, train: bool = False):
     """``key`` ('features' or 'embedding') of every image of ``source``, eval-mode BN unless
     ``train``; (array, labels) on the host, padding dropped."""
     import jax
-    import numpy as np
-    from mecjax import data as data_lib, parallel
+    from mecjax import parallel
+    from mecjax.evaluators import common
     from mecjax.methods.base import SSLNet
     mesh = parallel.make_mesh()
     net, recipe = self.method.net, self.recipe
@@ -109,26 +105,15 @@ class LoadedRun:
     def forward(p, bs, images):
       x = recipe.eval_view(images)
       variables = {"params": p, "batch_stats": bs}
-      if key == "features":
-        return net.apply(variables, x, train=train, method=SSLNet.features,
-                         mutable=["batch_stats"] if train else False)
-      return net.apply(variables, x, train=train, method=SSLNet.embed,
-                       mutable=["batch_stats"] if train else False)
-
-    outs, labels, valid = [], [], []
-    for batch in data_lib.eval_batches(source, global_batch=self.config.eval_batch_size,
-                                       mesh=mesh, transform=recipe.eval_transform(),
-                                       threads=self.config.data.host_threads):
-      out = forward(params, model_state["batch_stats"], batch["image"])
-      if train:
+      method = SSLNet.features if key == "features" else SSLNet.embed
+      out = net.apply(variables, x, train=train, method=method,
+                      mutable=["batch_stats"] if train else False)
+      if train:   # batch statistics: the updated ones are not wanted
         out = out[0]
-      if key != "features":
-        out = out[key]
-      outs.append(np.asarray(jax.device_get(out)))
-      labels.append(np.asarray(jax.device_get(batch["label"])))
-      valid.append(np.asarray(jax.device_get(batch["valid"])))
-    keep = np.concatenate(valid)
-    return np.concatenate(outs)[keep], np.concatenate(labels)[keep]
+      return out if key == "features" else out[key]
+
+    return common.batch_mapper(self.config, recipe, mesh)(
+        forward, (params, model_state["batch_stats"]), source)
 
 
 # ------------------------------------------------------------------ knn

@@ -1,14 +1,15 @@
-"""The one train / evaluate loop, for every method, encoder and data set.
+"""Pre-training, for every method, encoder and data set: assembled here, run by the loop.
 
 ``run(config, workdir)`` is all of it; ``mecjax.main`` is only its command line, so notebooks
-call ``run`` directly. Sections: setup, data, state, restore, train step, evaluate, loop.
-Nothing here knows a particular method or data set: they are chosen by name from config.
+call ``run`` directly. Sections: setup, data, state, train step, evaluate, then
+``mecjax.loop.Loop`` (restore, steps, metrics, evaluations, checkpoints, signals).
+Nothing here knows a particular method or data set: they are chosen by name from config;
+the evaluators are built by type from ``config.evals`` (``mecjax.evaluators.registry``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from typing import Any
@@ -17,7 +18,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from mecjax import checkpoint as ckpt_lib
@@ -25,15 +25,16 @@ from mecjax import configlib
 from mecjax import data as data_lib
 from mecjax import evaluators
 from mecjax import initialize
+from mecjax import loop as loop_lib
 from mecjax import methods
-from mecjax import metric_writers
 from mecjax import models
 from mecjax import monitors
 from mecjax import optim
 from mecjax import parallel
-from mecjax import preemption
 from mecjax import workdir as workdir_lib
-from mecjax.data import sources
+from mecjax.evaluators import common as eval_common
+from mecjax.evaluators import knn as knn_lib
+from mecjax.evaluators import registry as eval_registry
 
 log = logging.getLogger("mecjax")
 
@@ -93,16 +94,11 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------- data
   dcfg = config.data
   size = dcfg.image_size
-  in_memory = dcfg.in_memory if dcfg.in_memory is not None else size <= 64
-  # Small data sets may be kept at a larger side than the network sees (a CPU run at 16x16
-  # still crops from the 32x32 originals); the device resizes eval images to image_size.
-  stored = (dcfg.stored_size or size) if in_memory else size
   recipe = data_lib.get_recipe(config.aug, size, config.seed)
   log.info("views per image: %d x %d px%s", recipe.num_global, size,
            f" + {recipe.num_local} x {recipe.local_size} px (local)" if recipe.num_local else "")
   t0 = time.time()
-  train_src = data_lib.load_split(dcfg, dcfg.train_split, dcfg.max_train_examples, in_memory,
-                                  stored)
+  train_src = data_lib.load_config_split(dcfg, dcfg.train_split, dcfg.max_train_examples)
   num_classes = len(train_src.classes)
   log.info("train split %r: %d images, %d classes (%.1fs)%s", dcfg.train_split,
            len(train_src), num_classes, time.time() - t0,
@@ -115,17 +111,7 @@ def run(config, workdir: str) -> dict:
   total_steps = configlib.duration(config, "total", steps_per_epoch)
   if not total_steps:
     raise configlib.ConfigError("set config.total_epochs or config.total_steps")
-  labelled = num_classes > 0
-  knn_on = config.knn.enabled and labelled
-  probe_on = config.probe.enabled and labelled
-  if knn_on or probe_on:
-    query_src = data_lib.load_split(dcfg, dcfg.eval_split, dcfg.max_eval_examples,
-                                    in_memory, stored)
-    bank_src = sources.subset(train_src, config.knn.max_train_examples)
-  every = lambda cfg, name, default: configlib.duration(cfg, name, steps_per_epoch, default)
-  log_every = config.log_every_steps
-  eval_every = every(config.knn, "every", total_steps)
-  ckpt_every = every(config.checkpoint, "every", steps_per_epoch)
+  probe_on = config.probe.enabled and num_classes > 0
 
   # ------------------------------------------------------------------ state
   run_info = methods.RunInfo(global_batch, steps_per_epoch, total_steps)
@@ -145,188 +131,90 @@ def run(config, workdir: str) -> dict:
            config.model.name, config.model.width, n_params / 1e6)
   meta = ckpt_lib.fingerprint(config, abstract.params)
 
-  # ---------------------------------------------------------------- restore
-  checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep)
-  # The newest checkpoint that restores; damaged newer ones are moved aside.
-  latest, state, data_state = checkpointer.restore_newest(abstract, meta)
-  if latest is not None:
-    log.info("resumed from %s/%d", checkpointer.directory, latest)
-  else:
+  def init():
     state = jax.jit(init_state, static_argnums=0, out_shardings=repl)(config.seed)
     if init_from:   # continued pre-training: trained weights, fresh optimiser
       params, model_state = jax.device_put(
           initialize.initialize(config, method, state.params, state.model_state), repl)
       state = state.replace(params=params, model_state=model_state,
                             opt_state=jax.jit(tx.init, out_shardings=repl)(params))
-  start_step = int(jax.device_get(state.step))
-  writer = metric_writers.MetricWriter(workdir, enabled=is_main)
-  if start_step >= total_steps:
-    log.info("run already complete at step %d", start_step)
-    checkpointer.close()
-    writer.close()
-    workdir_lib.release(workdir)
-    return _last_metrics(workdir) if is_main else {}
+    return state
 
-  train_input = data_lib.TrainInput(
-      train_src, global_batch=global_batch, seed=config.seed, mesh=mesh,
-      total_steps=total_steps, host_transform=recipe.host_transform(),
-      threads=dcfg.host_threads, prefetch=dcfg.prefetch_batches, workers=dcfg.host_workers)
-  if data_state is not None:
-    train_input.set_state(data_state)
+  def make_input(total):
+    return data_lib.TrainInput(
+        train_src, global_batch=global_batch, seed=config.seed, mesh=mesh, total_steps=total,
+        host_transform=recipe.host_transform(), threads=dcfg.host_threads,
+        prefetch=dcfg.prefetch_batches, workers=dcfg.host_workers)
 
   # ------------------------------------------------------------- train step
-  # Logged as the interval's last value (a schedule), the others as the interval's mean.
-  schedule_keys = ("lr", "ema_momentum") + tuple(method.schedule_metrics)
-
   update = make_update(method, tx, lr, ema_momentum, probe_net, probe_tx, probe_on)
   p_train_step = make_train_step(recipe, update, mesh)
 
   # --------------------------------------------------------------- evaluate
-  evaluate = Evaluator(config, method, recipe, mesh, bank_src if knn_on else None,
-                       query_src if (knn_on or probe_on) else None, num_classes,
-                       probe_net if probe_on else None)
-
-  all_finite = jax.jit(lambda tree: jnp.all(jnp.asarray(
-      [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)])))
+  context = eval_context(config, method, recipe, mesh, train_src, num_classes, probe_net)
+  evaluations = eval_registry.build_all(config, context, steps_per_epoch)
 
   # ------------------------------------------------------------------- loop
-  pending: list[tuple[int, dict]] = []   # device metrics not yet fetched
-  last_row: dict = {}
-  last_saved = latest
-  timer = {"t": time.time(), "steps": 0}
+  return loop_lib.Loop(
+      workdir=workdir, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+      global_batch=global_batch, abstract=abstract, meta=meta, init=init,
+      make_input=make_input, train_step=p_train_step, mesh=mesh,
+      log_every=config.log_every_steps,
+      checkpoint_every=configlib.duration(config.checkpoint, "every", steps_per_epoch,
+                                          steps_per_epoch),
+      keep=config.checkpoint.keep, stop_check_every=config.checkpoint.stop_check_every_steps,
+      evaluations=evaluations,
+      # Logged as the interval's last value (a schedule), the others as the interval's mean.
+      schedule_keys=("lr", "ema_momentum") + tuple(method.schedule_metrics)).run()
 
-  def flush() -> None:
-    """Fetch pending metrics, stop on a non-finite loss, write the interval's row."""
-    nonlocal last_row
-    if not pending:
-      return
-    fetched = jax.device_get([m for _, m in pending])
-    steps = [s for s, _ in pending]
-    for s, m in zip(steps, fetched):
-      if not np.isfinite(m["loss"]):
-        raise NonFiniteError(
-            f"non-finite loss ({m['loss']}) at step {s}, in steps {steps[0]}..{steps[-1]}; "
-            f"last checkpoint: step {last_saved} (kept intact, nothing saved after it)")
-    row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-    row.update({k: float(fetched[-1][k]) for k in schedule_keys if k in fetched[-1]})
-    elapsed = time.time() - timer["t"]
-    if timer["steps"]:
-      rate = timer["steps"] / max(elapsed, 1e-9)
-      row["examples_per_sec"] = rate * global_batch
-      eta = (total_steps - steps[-1]) / rate
-      log.info("step %d/%d (epoch %.2f) | loss %.4f | %.0f img/s | ETA %s", steps[-1],
-               total_steps, steps[-1] / steps_per_epoch, row["loss"], rate * global_batch,
-               _hms(eta))
-    row["epoch"] = steps[-1] / steps_per_epoch
-    writer.write(steps[-1], row)
-    last_row = {"step": steps[-1], **row}
-    pending.clear()
-    timer.update(t=time.time(), steps=0)
 
-  def save(step: int) -> None:
-    nonlocal last_saved
-    flush()
-    if not bool(all_finite(state.params)):
-      raise NonFiniteError(f"non-finite parameters at step {step} (loss still finite); last "
-                           f"checkpoint: step {last_saved} (kept intact)")
-    checkpointer.save(step, state, train_input.get_state(), meta)
-    last_saved = step
-
-  log.info("training steps %d..%d of %d (%d per epoch); logging every %d, eval every %d, "
-           "checkpoint every %d", start_step, total_steps, total_steps, steps_per_epoch,
-           log_every, eval_every, ckpt_every)
-  # SIGTERM / SIGINT / SIGUSR1: finish the step, save it, flush, raise Preempted.
-  stop = preemption.StopSignals()
-  agreed_stop = preemption.StopAgreement(stop, mesh, config.checkpoint.stop_check_every_steps)
-  try:
-    stop.install()
-    for step in range(start_step + 1, total_steps + 1):
-      batch = next(train_input)
-      state, metrics = p_train_step(state, batch)
-      pending.append((step, metrics))
-      timer["steps"] += 1
-      if step == start_step + 1:
-        jax.block_until_ready(metrics)
-        log.info("first step (compilation included) took %.1fs", time.time() - timer["t"])
-        timer.update(t=time.time(), steps=0)
-      if step % log_every == 0 or step == total_steps:
-        flush()
-      if (knn_on or probe_on) and (step % eval_every == 0 or step == total_steps):
-        flush()
-        row = evaluate(state)
-        writer.write(step, row)
-        last_row.update(row)
-        timer.update(t=time.time(), steps=0)
-      if step % ckpt_every == 0 or step == total_steps:
-        save(step)
-        timer["t"] = time.time()
-      signum = agreed_stop(step)
-      if signum is not None and step < total_steps:
-        if last_saved != step:
-          save(step)
-        checkpointer.wait()   # the checkpoint is complete before the process ends
-        raise preemption.Preempted(signum, step, checkpointer.directory)
-    flush()
-  finally:
-    stop.restore()
-    checkpointer.close()
-    writer.close()
-    workdir_lib.release(workdir)
-  return last_row
+def eval_context(config, method, recipe, mesh, train_src, num_classes: int, probe_net,
+                 bn_mode: str = "eval", queries=None) -> eval_common.Context:
+  """What the evaluator types are built from (``eval_common.Context``): the
+  backbone's features of a source (un-augmented; BN with running statistics, or each eval
+  batch's own in ``bn_mode`` "batch"), computed once per step and source, and the online
+  probe's logits of them. The eval split is read on first use, unless ``queries`` gives
+  its source."""
+  encode = jax.jit(lambda params, ms, images: method.encode(
+      params, ms, recipe.eval_view(images), train=bn_mode == "batch"))
+  mapper = eval_common.batch_mapper(config, recipe, mesh)
+  features = eval_common.StepMemo(
+      lambda state, source: mapper(encode, (state.params, state.model_state), source))
+  probe_logits = jax.jit(lambda p, f: probe_net.apply({"params": p}, f))
+  dcfg = config.data
+  return eval_common.Context(
+      config=config, train=train_src, num_classes=num_classes, features=features,
+      load_eval=lambda: queries if queries is not None else data_lib.load_config_split(
+          dcfg, dcfg.eval_split, dcfg.max_eval_examples),
+      heads={"probe": lambda state, x: probe_logits(state.probe_params, x)}, bn_mode=bn_mode)
 
 
 class Evaluator:
-  """The kNN monitor and the online probe's accuracy, on eval-mode backbone features.
-
-  ``Evaluator(...)(state) -> {'knn_top1', 'probe_top1', 'eval_seconds'}``: features of the
-  un-augmented bank (train split) and query (eval split) sources, weighted kNN
-  (``config.knn``) and the probe's top-1 on the queries. ``bank`` None skips kNN, ``probe``
-  None skips the probe.
-  """
+  """The kNN monitor and the online probe's accuracy of a train state, outside the loop
+  (benchmarks): ``Evaluator(...)(state) -> {'knn_top1', 'probe_top1', 'eval_seconds'}``
+  on the given ``bank`` (train split) and ``queries`` (eval split) sources, with
+  ``config.knn``'s k and temperature. ``bank`` None skips kNN, ``probe`` (the probe
+  module) None skips the probe."""
 
   def __init__(self, config, method, recipe, mesh, bank, queries, num_classes: int,
                probe: nn.Module | None, bn_mode: str = "eval"):
-    self.config, self.recipe, self.mesh = config, recipe, mesh
-    self.bank, self.queries, self.num_classes, self.probe = bank, queries, num_classes, probe
-    self.bn_mode = bn_mode   # "eval": running statistics; "batch": each eval batch's own
-    self.encode = jax.jit(lambda params, ms, images: method.encode(
-        params, ms, recipe.eval_view(images), train=bn_mode == "batch"))
-    self.probe_logits = jax.jit(lambda p, f: probe.apply({"params": p}, f)) if probe else None
-
-  def features(self, params, model_state, source):
-    """(features, labels, valid) of every image of ``source``, as global arrays."""
-    feats, labels, valid = [], [], []
-    for batch in data_lib.eval_batches(source, global_batch=self.config.eval_batch_size,
-                                       mesh=self.mesh, transform=self.recipe.eval_transform(),
-                                       threads=self.config.data.host_threads):
-      feats.append(self.encode(params, model_state, batch["image"]))
-      labels.append(batch["label"])
-      valid.append(batch["valid"])
-    return jnp.concatenate(feats), jnp.concatenate(labels), jnp.concatenate(valid)
-
-  def knn(self, bank_features, queries) -> float:
-    cfg = self.config.knn
-    return float(evaluators.knn_top1(*bank_features, *queries, num_classes=self.num_classes,
-                                     k=cfg.k, temperature=cfg.temperature))
+    context = eval_context(config, method, recipe, mesh, bank, num_classes,
+                           probe or evaluators.probe.LinearProbe(max(num_classes, 1)),
+                           bn_mode, queries)
+    self.evaluators = []
+    if queries is not None and bank is not None:
+      self.evaluators.append(knn_lib.Evaluator(
+          context.features, bank, queries, num_classes=num_classes, k=config.knn.k,
+          temperature=config.knn.temperature, note=f"BN in {bn_mode} mode"))
+    if queries is not None and probe is not None:
+      self.evaluators.append(evaluators.probe.Evaluator(context.features,
+                                                        context.heads["probe"], queries))
 
   def __call__(self, state) -> dict:
     t = time.time()
-    out = {}
-    if self.queries is None:
-      return out
-    queries = self.features(state.params, state.model_state, self.queries)
-    if self.bank is not None:
-      out["knn_top1"] = self.knn(self.features(state.params, state.model_state, self.bank),
-                                 queries)
-    if self.probe is not None:
-      q_feat, q_label, q_valid = queries
-      logits = self.probe_logits(state.probe_params, q_feat)
-      correct = (jnp.argmax(logits, -1) == q_label) & q_valid
-      out["probe_top1"] = float(jnp.sum(correct) / jnp.maximum(jnp.sum(q_valid), 1))
-    out["eval_seconds"] = time.time() - t
-    log.info("eval at step %d (BN in %s mode, k=%d, T=%g): %s", int(state.step),
-             self.bn_mode, self.config.knn.k, self.config.knn.temperature,
-             ", ".join(f"{k} {v:.4f}" for k, v in out.items()))
+    out = {k: v for e in self.evaluators for k, v in e.run(state)}
+    if self.evaluators:
+      out["eval_seconds"] = time.time() - t
     return out
 
 
@@ -398,16 +286,3 @@ def make_train_step(recipe, update, mesh):
 
   return jax.jit(train_step, in_shardings=(repl, parallel.batch_sharding(mesh)),
                  out_shardings=(repl, repl), donate_argnums=(0,))
-
-
-def _last_metrics(workdir: str) -> dict:
-  rows = metric_writers.read_metrics(workdir)
-  return rows[-1] if rows else {}
-
-
-def _hms(seconds: float) -> str:
-  if not math.isfinite(seconds):
-    return "?"
-  seconds = int(seconds)
-  return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-      f"{seconds // 60}m{seconds % 60:02d}s"

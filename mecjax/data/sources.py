@@ -344,6 +344,22 @@ class TfdsSource:
     return {"image": image, "label": np.int32(ex.get("label", -1)), "index": np.int32(i)}
 
 
+def storage(data_cfg) -> tuple[bool, int]:
+  """``(in_memory, stored side)`` of ``config.data``: decode whole splits once when
+  ``in_memory`` says so (unset: when ``image_size <= 64``), keeping them at ``stored_size``
+  (unset: ``image_size``); a lazily decoded split is read at ``image_size``. Small data sets
+  may be kept larger than the network sees (a CPU run at 16x16 still crops from the 32x32
+  originals); the device resizes eval images to ``image_size``."""
+  size = data_cfg.image_size
+  in_memory = data_cfg.in_memory if data_cfg.in_memory is not None else size <= 64
+  return bool(in_memory), (data_cfg.stored_size or size) if in_memory else size
+
+
+def load_config_split(data_cfg, split: str, max_examples: int | None):
+  """``load_split`` with the storage ``config.data`` implies (``storage``)."""
+  return load_split(data_cfg, split, max_examples, *storage(data_cfg))
+
+
 def load_split(data_cfg, split: str, max_examples: int | None, in_memory: bool,
                size: int):
   """The source of one split, as ``config.data`` describes it.

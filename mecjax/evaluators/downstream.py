@@ -1,13 +1,8 @@
 """What the offline evaluations (linear probe, fine-tuning) share: the encoder named by
 ``config.init``, the labelled data, the crop-and-flip training view, and one checkpointed
-classifier-training loop assembled from the pre-training loop's pieces.
-
-Why a second loop rather than hooks in ``mecjax.train.run``: pre-training steps a method
-(views, heads, teacher, online probe), these steps a classifier on labels; what they share
-is taken from the same places (``optim.make_tx`` for SGD/LARS + warm-up + cosine, the
-``Checkpointer`` with its model fingerprint check, ``MetricWriter``, ``TrainInput`` /
-``eval_batches``, the mesh, ``monitors.NonFiniteError``), so only the few lines of the loop
-itself are written twice, and the pre-training loop stays as it is.
+classifier run (a step function, state, input and the final evaluation handed to
+``mecjax.loop.Loop``, the loop pre-training runs too: restore, checkpoints, signals, the
+NaN guard and the metrics rows are the same code).
 
 The encoder's architecture and input normalisation follow the run it comes from: with
 ``init.workdir`` set, ``method``, ``model``, ``projector``, ``predictor`` and
@@ -27,7 +22,6 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from typing import Any, Callable
 
 import flax
@@ -42,16 +36,15 @@ from mecjax import checkpoint as ckpt_lib
 from mecjax import configlib
 from mecjax import data as data_lib
 from mecjax import initialize
+from mecjax import loop as loop_lib
 from mecjax import methods
-from mecjax import metric_writers
 from mecjax import models
-from mecjax import monitors
 from mecjax import optim
 from mecjax import parallel
-from mecjax import preemption
 from mecjax import workdir as workdir_lib
 from mecjax.data import augment
 from mecjax.data.sources import DataError
+from mecjax.evaluators import common as eval_common
 from mecjax.evaluators import metrics as metrics_lib
 from mecjax.evaluators import probe
 
@@ -200,16 +193,13 @@ class MultiLabelTfds:
 def load_split(config, split: str, max_examples: int | None):
   """The labelled source of one split (``config.data``; multi-label through tfds)."""
   dcfg = config.data
-  size = dcfg.image_size
-  in_memory = dcfg.in_memory if dcfg.in_memory is not None else size <= 64
-  stored = (dcfg.stored_size or size) if in_memory else size
   if config.linear.multi_label:
     if dcfg.path:
       raise configlib.ConfigError("config.linear.multi_label reads tfds 'labels' sets: "
                                   "unset config.data.path")
     src = MultiLabelTfds(dcfg.name, split, dcfg.data_dir, max_examples)
   else:
-    src = data_lib.load_split(dcfg, split, max_examples, in_memory, stored)
+    src = data_lib.load_config_split(dcfg, split, max_examples)
   if not len(src.classes):
     raise DataError(f"split {split!r} has no labels: an evaluation needs "
                     "<split>/<class>/<image> (or a labelled tfds split)")
@@ -225,26 +215,14 @@ def train_view(recipe, images, index, step, key) -> jax.Array:
   return augment.normalize(crop, recipe.cfg.mean, recipe.cfg.std)
 
 
-def to_host(x) -> np.ndarray:
-  """A global (possibly multi-process) array as one host array."""
-  if jax.process_count() == 1:
-    return np.asarray(jax.device_get(x))
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+to_host = eval_common.to_host   # kept public: the offline evaluations' gather
 
 
 def map_eval_batches(fn, args, source, config, recipe, mesh):
   """``fn(*args, images)`` over every image of ``source`` (the recipe's eval transform),
-  as host arrays ``(outputs, labels)`` with the padding dropped."""
-  outs, labels, valid = [], [], []
-  for batch in data_lib.eval_batches(source, global_batch=config.eval_batch_size, mesh=mesh,
-                                     transform=recipe.eval_transform(),
-                                     threads=config.data.host_threads):
-    outs.append(to_host(fn(*args, batch["image"])))
-    labels.append(to_host(batch["label"]))
-    valid.append(to_host(batch["valid"]))
-  keep = np.concatenate(valid)
-  return np.concatenate(outs)[keep], np.concatenate(labels)[keep]
+  as host arrays ``(outputs, labels)`` with the padding dropped
+  (``evaluators.common.map_batches`` with the config's eval batch size)."""
+  return eval_common.batch_mapper(config, recipe, mesh)(fn, args, source)
 
 
 # ------------------------------------------------------------------------ loop
@@ -341,30 +319,17 @@ def fit(config, workdir: str, task: Classification) -> dict:
                           jax.eval_shape(init_state, config.seed))
   meta = dict(task.meta, param_shapes=ckpt_lib.fingerprint(config, abstract.params)[
       "param_shapes"])
-  checkpointer = ckpt_lib.Checkpointer(workdir, config.checkpoint.keep)
-  latest, state, data_state = checkpointer.restore_newest(abstract, meta)
-  if latest is not None:
-    log.info("resumed from %s/%d", checkpointer.directory, latest)
-  else:
+
+  def init():
     state = jax.jit(init_state, static_argnums=0, out_shardings=repl)(config.seed)
     if task.initial is not None:
       params, batch_stats = jax.device_put(
           task.initial(*jax.device_get((state.params, state.batch_stats))), repl)
       state = state.replace(params=params, batch_stats=batch_stats,
                             opt_state=jax.jit(tx.init, out_shardings=repl)(params))
-  start_step = int(jax.device_get(state.step))
-  is_main = parallel.is_main_process()
-  if start_step >= total_steps:
-    checkpointer.close()
-    workdir_lib.release(workdir)
-    log.info("%s run already complete at step %d: nothing to do", prefix, start_step)
-    rows = metric_writers.read_metrics(workdir) if is_main else []
-    return rows[-1] if rows else {}
+    return state
 
   frozen = None if task.frozen is None else jax.device_put(task.frozen, repl)
-  train_input = task.make_input(total_steps)
-  if data_state is not None:
-    train_input.set_state(data_state)
 
   def train_step(state: State, frozen, batch):
     key = jax.random.wrap_key_data(state.rng)
@@ -386,73 +351,39 @@ def fit(config, workdir: str, task: Classification) -> dict:
 
   p_step = jax.jit(train_step, in_shardings=(repl, repl, parallel.batch_sharding(mesh)),
                    out_shardings=(repl, repl), donate_argnums=(0,))
-  writer = metric_writers.MetricWriter(workdir, enabled=is_main)
-  pending: list = []
-  last_row: dict = {}
-  last_saved = latest
-  t_start = time.time()
+  # Evaluated at the last step only, before the final checkpoint (the loop's order): a run
+  # whose last checkpoint exists has its result in metrics.jsonl, so a rerun does nothing.
+  final = ClassificationEval(task.evaluate, prefix, config.linear.metric, multi_label,
+                             config.data.eval_split)
+  return loop_lib.Loop(
+      workdir=workdir, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+      global_batch=global_batch, abstract=abstract, meta=meta, init=init,
+      make_input=task.make_input, train_step=lambda state, batch: p_step(state, frozen, batch),
+      mesh=mesh, log_every=log_every, checkpoint_every=ckpt_every,
+      keep=config.checkpoint.keep, stop_check_every=config.checkpoint.stop_check_every_steps,
+      evaluations=[(prefix, final, None)], name=prefix, loss_key=f"{prefix}_loss",
+      schedule_keys=("lr",), eval_seconds_key=f"{prefix}_eval_seconds",
+      train_seconds_key=f"{prefix}_train_seconds", throughput_in_row=False,
+      log_keys={f"{prefix}_train_top1": "train top-1"}).run()
 
-  def flush():
-    nonlocal last_row
-    if not pending:
-      return
-    fetched = jax.device_get([m for _, m in pending])
-    steps = [s for s, _ in pending]
-    for s, m in zip(steps, fetched):
-      if not np.isfinite(m[f"{prefix}_loss"]):
-        raise monitors.NonFiniteError(
-            f"non-finite {prefix} loss ({m[f'{prefix}_loss']}) at step {s}, in steps "
-            f"{steps[0]}..{steps[-1]}; last checkpoint: step {last_saved} (kept intact)")
-    row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
-    row["lr"] = float(fetched[-1]["lr"])
-    row["epoch"] = steps[-1] / steps_per_epoch
-    writer.write(steps[-1], row)
-    log.info("%s step %d/%d (epoch %.1f) | loss %.4f | train top-1 %.3f", prefix, steps[-1],
-             total_steps, row["epoch"], row[f"{prefix}_loss"], row[f"{prefix}_train_top1"])
-    last_row = {"step": steps[-1], **row}
-    pending.clear()
 
-  log.info("%s: steps %d..%d of %d (%d per epoch, batch %d)", prefix, start_step,
-           total_steps, total_steps, steps_per_epoch, global_batch)
-  stop = preemption.StopSignals()
-  agreed_stop = preemption.StopAgreement(stop, mesh, config.checkpoint.stop_check_every_steps)
-  try:
-    stop.install()
-    for step in range(start_step + 1, total_steps + 1):
-      state, metrics = p_step(state, frozen, next(train_input))
-      pending.append((step, metrics))
-      if step % log_every == 0 or step == total_steps:
-        flush()
-      if step == total_steps:
-        # Evaluate before the final checkpoint: a run whose last checkpoint exists has
-        # its result in metrics.jsonl, so a rerun may safely do nothing.
-        t = time.time()
-        scores, labels = task.evaluate(state)
-        row = metrics_lib.classification_metrics(scores, labels, prefix,
-                                                 config.linear.metric, multi_label)
-        row[f"{prefix}_eval_seconds"] = time.time() - t
-        row[f"{prefix}_train_seconds"] = t - t_start
-        writer.write(step, row)
-        last_row.update(row)
-        log.info("%s evaluation on %d %r images: %s", prefix, len(labels),
-                 config.data.eval_split, ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
-      if step % ckpt_every == 0 or step == total_steps:
-        flush()
-        checkpointer.save(step, state, train_input.get_state(), meta)
-        last_saved = step
-      signum = agreed_stop(step)
-      if signum is not None and step < total_steps:
-        if last_saved != step:
-          flush()
-          checkpointer.save(step, state, train_input.get_state(), meta)
-        checkpointer.wait()
-        raise preemption.Preempted(signum, step, checkpointer.directory)
-  finally:
-    stop.restore()
-    checkpointer.close()
-    writer.close()
-    workdir_lib.release(workdir)
-  return last_row
+class ClassificationEval:
+  """The evaluator of a classifier run: ``evaluate(state) -> (scores, labels)`` on the
+  host, scored by ``metrics.classification_metrics`` (``{prefix}_top1``, ``_top5``, and
+  ``metric``'s)."""
+
+  def __init__(self, evaluate: Callable, prefix: str, metric: str, multi_label: bool,
+               split: str = ""):
+    self.evaluate, self.prefix, self.metric = evaluate, prefix, metric
+    self.multi_label, self.split = multi_label, split
+
+  def run(self, state):
+    scores, labels = self.evaluate(state)
+    row = metrics_lib.classification_metrics(scores, labels, self.prefix, self.metric,
+                                             self.multi_label)
+    log.info("%s evaluation on %d %r images: %s", self.prefix, len(labels), self.split,
+             ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
+    yield from row.items()
 
 
 # ------------------------------------------------------------------------ entry

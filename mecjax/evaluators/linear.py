@@ -25,6 +25,9 @@ Two ways to feed the head:
 
 The encoder is not in the trainable state at all (it is an argument of the step, never
 differentiated or updated), so a probe cannot change it.
+
+During pre-training, type ``linear`` of ``config.evals`` (``MidRunProbe``, ``build``) fits
+a linear probe on un-augmented features at the entry's cadence (off by default).
 """
 
 from __future__ import annotations
@@ -36,10 +39,15 @@ import time
 
 import jax
 import numpy as np
+import optax
 
+from mecjax import configlib
 from mecjax import data as data_lib
 from mecjax import parallel
+from mecjax.data import sources
+from mecjax.evaluators import common
 from mecjax.evaluators import downstream
+from mecjax.evaluators import metrics as metrics_lib
 
 log = logging.getLogger("mecjax")
 
@@ -221,3 +229,93 @@ def feature_probe(config, workdir: str, train, evaluation, num_outputs: int,
   return downstream.fit(config, workdir, downstream.Classification(
       prefix=PREFIX, init=init, initial=None, logits=logits, frozen=None,
       make_input=make_input, train_size=len(train_x), evaluate=evaluate, meta=meta))
+
+
+# ------------------------------------------------------------ during pre-training
+
+
+def fit_softmax(x: np.ndarray, labels: np.ndarray, num_classes: int, *, epochs: int,
+                lr: float, batch_size: int, seed: int):
+  """A linear softmax classifier on standardised features, by SGD (momentum 0.9, cosine
+  from ``lr`` to 0, no weight decay), ``epochs`` passes in seeded random batches.
+
+  Minimises ``mean_i CE(softmax(W x_i + b), y_i)`` from ``W ~ N(0, 0.01)``, ``b = 0``.
+
+  Args:
+    x: (N, F) float features (already standardised); labels: (N,) ints in [0, C).
+  Returns:
+    ``(W (F, C), b (C,))`` as host arrays.
+  """
+  n = len(x)
+  batch = min(batch_size, n)
+  per_epoch = n // batch
+  rng = np.random.default_rng(seed)
+  order = np.stack([rng.permutation(n)[:per_epoch * batch].reshape(per_epoch, batch)
+                    for _ in range(epochs)]).reshape(-1, batch)
+  tx = optax.sgd(optax.cosine_decay_schedule(lr, len(order)), momentum=0.9)
+
+  @jax.jit
+  def train(x, labels, order, key):
+    params = {"w": 0.01 * jax.random.normal(key, (x.shape[1], num_classes)),
+              "b": jax.numpy.zeros((num_classes,))}
+
+    def step(carry, rows):
+      params, opt_state = carry
+      loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(
+          x[rows] @ p["w"] + p["b"], labels[rows]).mean()
+      updates, opt_state = tx.update(jax.grad(loss_fn)(params), opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), None
+
+    (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), order)
+    return params
+
+  params = train(np.asarray(x, np.float32), np.asarray(labels, np.int32), order,
+                 jax.random.key(seed))
+  return np.asarray(params["w"]), np.asarray(params["b"])
+
+
+class MidRunProbe:
+  """The linear probe as an evaluator of pre-training (type ``linear`` of
+  ``config.evals``): on un-augmented features of the training split (``train``) and the
+  eval split (``queries``), standardised with the training split's mean and std (what the
+  offline probe's BN without affine does at eval), ``fit_softmax``; yields
+  ``linear_top1`` and ``linear_top5`` of the eval split. Cheaper than the offline task
+  (no augmentation, a few epochs), so a curve over the run rather than the final figure.
+
+  Args:
+    features: ``features(state, source) -> (features (N, F), labels (N,))`` on the host.
+    train, queries: labelled sources; num_classes: C; epochs, lr, batch_size, seed: of
+      ``fit_softmax``.
+  """
+
+  def __init__(self, features, train, queries, *, num_classes: int, epochs: int, lr: float,
+               batch_size: int, seed: int):
+    self.features, self.train, self.queries = features, train, queries
+    self.num_classes, self.epochs, self.lr = num_classes, epochs, lr
+    self.batch_size, self.seed = batch_size, seed
+
+  def run(self, state):
+    x, y = self.features(state, self.train)
+    qx, qy = self.features(state, self.queries)
+    x, qx = np.asarray(x, np.float32), np.asarray(qx, np.float32)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    w, b = fit_softmax((x - mean) / std, y, self.num_classes, epochs=self.epochs,
+                       lr=self.lr, batch_size=self.batch_size, seed=self.seed)
+    yield from metrics_lib.classification_metrics(((qx - mean) / std) @ w + b, qy,
+                                                  PREFIX).items()
+
+
+def build(name: str, cfg, context):
+  """The ``linear`` evaluator of ``config.evals.<name>`` (epochs, lr, batch_size; the
+  training split capped at ``max_train_examples``, unset: ``config.knn``'s bank size);
+  none for unlabelled data."""
+  if not context.num_classes:
+    return None
+  if cfg.epochs <= 0 or cfg.lr <= 0 or cfg.batch_size <= 0:
+    raise configlib.ConfigError(f"config.evals.{name}: epochs={cfg.epochs}, lr={cfg.lr}, "
+                                f"batch_size={cfg.batch_size}: expected all > 0")
+  train = sources.subset(context.train,
+                         common.setting(cfg, context.config.knn, "max_train_examples"))
+  return MidRunProbe(context.features, train, context.eval, num_classes=context.num_classes,
+                     epochs=int(cfg.epochs), lr=float(cfg.lr), batch_size=int(cfg.batch_size),
+                     seed=int(context.config.seed))

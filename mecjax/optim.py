@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mecjax import configlib
-from mecjax.configlib import ConfigError
+from mecjax.configvalues import ConfigError, duration
 
 Schedule = Callable[[jax.Array], jax.Array]
 
@@ -187,7 +186,7 @@ def make_tx(config, run, uses_target: bool, frozen=None):
   are zeroed, so they stay at their initial values. ``run``: the run's sizes
   (``global_batch``, ``steps_per_epoch``, ``total_steps``; ``methods.RunInfo``)."""
   peak = scaled_lr(config.optim.base_lr, run.global_batch)
-  warmup = configlib.duration(config.optim, "warmup", run.steps_per_epoch, default=0)
+  warmup = duration(config.optim, "warmup", run.steps_per_epoch, default=0)
   lr = warmup_cosine(peak, run.total_steps, warmup, config.optim.end_lr_factor * peak,
                      convention=config.optim.schedule)
   tx = make_optimizer(config.optim, lr)

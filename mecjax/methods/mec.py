@@ -39,9 +39,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from ml_collections import config_dict
 
 from mecjax import losses
-from mecjax.configlib import ConfigError
+from mecjax.configvalues import ConfigError
 from mecjax.losses.mec import l2_normalize
 from mecjax.methods import pairing
 from mecjax.methods.base import Method
@@ -53,6 +54,24 @@ class MEC(Method):
   uses_target = True
   schedule_metrics = ("lamda_inv", "lamda_scale")
   refuses_regularizers = ("mec",)
+
+  @staticmethod
+  def defaults():
+    # config.mec: also read by the "mec" regulariser (methods/regularizers.py).
+    return dict(
+        eps_sq=64.0,                    # official --eps: lamda_inv = batch * eps_sq / out_dim
+        order=4,
+        lamda_warmup_factor=8.0,        # lamda_inv warms up from factor x lamda_inv
+        lamda_warmup_steps=config_dict.placeholder(int),
+        lamda_warmup_epochs=config_dict.placeholder(float),
+        # "taylor": the official order-n series (diverges once ||C||_2 > 1); "logdet": the
+        # exact -(lamda_inv/m) log|det(I + C)| it approximates, bounded (losses.mec_logdet).
+        objective="taylor",
+        # Adaptive lamda_inv (method mec only): after each step lamda_inv's multiplier
+        # becomes max(1, scale ||C||_2 / adapt_bound) (losses.adapt_lamda_scale), kept in the
+        # method state; None: off. The series converges for ||C||_2 < 1.
+        adapt_bound=config_dict.placeholder(float),
+    )
 
   def __init__(self, config, run):
     super().__init__(config, run)

@@ -123,12 +123,20 @@ def ema_target(momentum: float | Schedule) -> optax.GradientTransformation:
 
 
 def target_params(opt_state) -> Any | None:
-  """The target parameters held by the ``ema_target`` in ``opt_state``, or None if none."""
+  """The target parameters held by the ``ema_target`` in ``opt_state``, or None if none.
+
+  ``opt_state`` is the live optax state or one restored without its structure
+  (``checkpoint.read_state``), where an ``EmaTargetState`` is a dict of its fields.
+  ``mecjax.methods.teacher`` reads the whole teacher (parameters and BN statistics)."""
   found = []
+  fields = set(EmaTargetState._fields)
 
   def visit(node):
     if isinstance(node, EmaTargetState):
       found.append(node.target)
+      return
+    if isinstance(node, dict) and set(node) == fields:   # restored: {"count", "target"}
+      found.append(node["target"])
       return
     if isinstance(node, (tuple, list)):
       for child in node:

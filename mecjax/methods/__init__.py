@@ -11,6 +11,7 @@ from mecjax.methods.regularizers import REGULARIZERS
 from mecjax.methods.siamese import BYOL, SimSiam
 from mecjax.methods.simclr import SimCLR
 from mecjax.methods.swav import SwAV
+from mecjax.methods import teacher   # teacher.of(state): the EMA teacher's params + stats
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (MEC, MUSIC, SimSiam, BYOL, BarlowTwins, VICReg, SwAV, SimCLR)}
@@ -41,4 +42,4 @@ def get_method(config, run: RunInfo) -> Method:
 
 
 __all__ = ["LossOutput", "METHODS", "Method", "REGULARIZERS", "RunInfo", "SSLNet",
-           "config_blocks", "get_method"]
+           "config_blocks", "get_method", "teacher"]

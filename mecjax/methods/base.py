@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mecjax import models
+from mecjax.methods import teacher
 from mecjax.configvalues import ConfigError
 
 
@@ -167,7 +168,7 @@ class Method:
     variables = self.net.init(rng, jnp.zeros(image_shape, jnp.float32), train=True)
     state = {"batch_stats": variables["batch_stats"]}
     if self.uses_target:
-      state["target_batch_stats"] = variables["batch_stats"]
+      state = teacher.init_stats(state, variables["batch_stats"])
     return variables["params"], state
 
   def encode(self, params, state, images, train: bool = False) -> jax.Array:

@@ -47,6 +47,7 @@ from mecjax.losses.mec import l2_normalize
 from mecjax.methods import pairing
 from mecjax.methods.base import Method
 from mecjax.methods.regularizers import lamda_inv_schedule
+from mecjax.methods.teacher import TEACHER_STATS
 
 
 class MEC(Method):
@@ -95,7 +96,7 @@ class MEC(Method):
   def objective(self, params, state, target, views, step):
     self.check_views(views)
     online, batch_stats = self.forward_views(params, state["batch_stats"], views)
-    teacher, target_stats = self.forward_views(target, state["target_batch_stats"],
+    teacher, target_stats = self.forward_views(target, state[TEACHER_STATS],
                                                views[:self.num_global], method="embed")
     t = [jax.lax.stop_gradient(o["embedding"]) for o in teacher]
     o = [out["prediction"] for out in online]
@@ -118,7 +119,7 @@ class MEC(Method):
         # The order-1 term of the loss is minus this mean positive-pair cosine.
         "pos_cosine": jax.lax.stop_gradient(sum(cosine(a, b) for a, b in pairs) / len(pairs)),
     }
-    new_state = {"batch_stats": batch_stats, "target_batch_stats": target_stats}
+    new_state = {"batch_stats": batch_stats, TEACHER_STATS: target_stats}
     if self.adapt_bound is not None:
       new_state["lamda_scale"] = losses.adapt_lamda_scale(state["lamda_scale"], c_norm,
                                                           self.adapt_bound)

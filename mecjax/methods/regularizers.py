@@ -100,7 +100,7 @@ class E2mcRegularizer(Regularizer):
     self.cfg = config.e2mc
     if self.cfg.transform not in TRANSFORMS:
       raise ConfigError(f"config.e2mc.transform={self.cfg.transform!r}: expected one "
-                                  f"of {list(TRANSFORMS)}")
+                        f"of {list(TRANSFORMS)}")
 
   def __call__(self, pairs, embeddings, step, local=()):
     if len(embeddings) < 2:

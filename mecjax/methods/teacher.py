@@ -50,7 +50,7 @@ def of(state) -> dict | None:
     return None
   if target is None or stats is None:
     raise ValueError("the train state holds the teacher's "
-                     + ("parameters but no model_state['target_batch_stats']"
+                     + (f"parameters but no model_state[{TEACHER_STATS!r}]"
                         if stats is None else "BN statistics but no ema_target parameters"))
   return {"params": target, "batch_stats": stats}
 

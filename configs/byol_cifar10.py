@@ -18,11 +18,13 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
   c.method = "byol"
-  configlib.solo_learn_cifar(c)
+  common.solo_learn_cifar(c)
   c.projector.hidden = (4096,)
   c.projector.out_dim = 256
   c.projector.out_bn = None
@@ -36,7 +38,7 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.cifar_smoke(c)
+  common.cifar_smoke(c)
   c.projector.hidden = (64,)
   c.projector.out_dim = 32
   c.predictor.hidden = (64,)
@@ -44,7 +46,7 @@ def smoke(c):
 
 
 def cpu(c):
-  configlib.cifar_cpu(c, epochs=3.05)
+  common.cifar_cpu(c, epochs=3.05)
   c.projector.hidden = (1024,)
   c.predictor.hidden = (1024,)
 

@@ -22,11 +22,22 @@ import os
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
-  return configlib.e2mc_cifar(os.path.join(os.path.dirname(__file__), "simsiam_cifar10.py"),
-                              arg, beta=0.001, gamma=0.01, transform="gaussian_cdf",
-                              eps=configlib.FLOAT32_EPS)
+  # The base: SimSiam's CIFAR-10 recipe at the size of the run it continues (cpu, or smoke).
+  base_variant = common.e2mc_base_variant(arg)
+  c = configlib.load(os.path.join(os.path.dirname(__file__), "simsiam_cifar10.py"),
+                     base_variant)
+  # + E2MC: the paper's SimSiam setting (float32 epsilon in the m-spacings log), 10 epochs at
+  # 0.01 x SimSiam's lr, constant, batch 512.
+  common.e2mc_continuation(c, beta=0.001, gamma=0.01, transform="gaussian_cdf", epochs=10,
+                           eps=common.FLOAT32_EPS)
+  c.init.workdir = f"runs/simsiam_cifar10_{base_variant}"
+  c.checkpoint.every_epochs = 1
+  c.knn.every_epochs = None
+  return configlib.apply_variants(c, arg, VARIANTS)
 
 
-VARIANTS = configlib.E2MC_CIFAR_VARIANTS
+VARIANTS = common.E2MC_CIFAR_VARIANTS

@@ -21,6 +21,8 @@ writes), ``continued`` (no E2MC).
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
@@ -32,7 +34,7 @@ def get_config(arg: str | None = None):
   c.projector.out_bn = "no_affine"
   c.predictor.hidden = (512,)
   c.predictor.out_dim = 2048
-  configlib.imagenet_data(c)
+  common.imagenet_data(c)
   c.aug.crop_scale = (0.2, 1.0)
   c.aug.jitter = (0.4, 0.4, 0.4, 0.1)
   c.aug.blur_prob = (0.5, 0.5)
@@ -41,8 +43,8 @@ def get_config(arg: str | None = None):
   c.optim.base_lr = 0.05
   c.optim.weight_decay = 1e-4
   c.optim.momentum = 0.9
-  configlib.e2mc_continuation(c, beta=0.001, gamma=0.01, transform="gaussian_cdf", epochs=10,
-                               eps=configlib.FLOAT32_EPS)
+  common.e2mc_continuation(c, beta=0.001, gamma=0.01, transform="gaussian_cdf", epochs=10,
+                               eps=common.FLOAT32_EPS)
   c.log_every_steps = 100
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = 5
@@ -50,11 +52,11 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.e2mc_imagenet_smoke(c)
+  common.e2mc_imagenet_smoke(c)
   c.projector.hidden = (64, 64)
   c.projector.out_dim = 64
   c.predictor.hidden = (32,)
   c.predictor.out_dim = 64
 
 
-VARIANTS = {"smoke": smoke, "continued": configlib.continued}
+VARIANTS = {"smoke": smoke, "continued": common.continued}

@@ -30,6 +30,8 @@ script also averages the six 96-px crops: add ``--config.aug.num_local=6
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
@@ -46,7 +48,7 @@ def get_config(arg: str | None = None):
   c.swav.epsilon = 0.05
   c.swav.iterations = 3
   c.swav.queue_size = 3840
-  configlib.imagenet_data(c)
+  common.imagenet_data(c)
   c.aug.crop_scale = (0.14, 1.0)
   c.aug.jitter = (0.8, 0.8, 0.8, 0.2)
   c.aug.blur_prob = (0.5, 0.5)
@@ -56,8 +58,8 @@ def get_config(arg: str | None = None):
   c.optim.weight_decay = 1e-6
   c.optim.trust_coefficient = 0.001
   c.optim.exclude_1d = True
-  configlib.e2mc_continuation(c, beta=1.0, gamma=25.0, transform="gaussian_cdf", epochs=10,
-                               eps=configlib.FLOAT32_EPS)
+  common.e2mc_continuation(c, beta=1.0, gamma=25.0, transform="gaussian_cdf", epochs=10,
+                               eps=common.FLOAT32_EPS)
   c.log_every_steps = 100
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = 5
@@ -65,12 +67,12 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.e2mc_imagenet_smoke(c)
+  common.e2mc_imagenet_smoke(c)
   c.projector.hidden = (64,)
   c.projector.out_dim = 32
   c.swav.num_prototypes = 32
   c.swav.queue_size = 64
 
 
-VARIANTS = {"smoke": smoke, "continued": configlib.continued,
-            **configlib.E2MC_ABLATION_VARIANTS}
+VARIANTS = {"smoke": smoke, "continued": common.continued,
+            **common.E2MC_ABLATION_VARIANTS}

@@ -21,11 +21,21 @@ import os
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
-  return configlib.e2mc_cifar(os.path.join(os.path.dirname(__file__), "vicreg_cifar10.py"),
-                              arg, beta=1000.0, gamma=100.0, transform="sigmoid",
-                              variants=VARIANTS)
+  # The base: VICReg's CIFAR-10 recipe at the size of the run it continues (cpu, or the
+  # smoke / colab_gpu variant asked for).
+  base_variant = common.e2mc_base_variant(arg)
+  c = configlib.load(os.path.join(os.path.dirname(__file__), "vicreg_cifar10.py"),
+                     base_variant)
+  # + E2MC: the paper's VICReg setting, 10 epochs at 0.01 x VICReg's lr, constant, batch 512.
+  common.e2mc_continuation(c, beta=1000.0, gamma=100.0, transform="sigmoid", epochs=10)
+  c.init.workdir = f"runs/vicreg_cifar10_{base_variant}"
+  c.checkpoint.every_epochs = 1
+  c.knn.every_epochs = None
+  return configlib.apply_variants(c, arg, VARIANTS)
 
 
 def colab_gpu(c):
@@ -37,4 +47,4 @@ def colab_gpu(c):
   c.total_epochs = 1
 
 
-VARIANTS = {**configlib.E2MC_CIFAR_VARIANTS, "colab_gpu": colab_gpu}
+VARIANTS = {**common.E2MC_CIFAR_VARIANTS, "colab_gpu": colab_gpu}

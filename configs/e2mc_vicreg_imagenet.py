@@ -21,6 +21,8 @@ writes), ``continued`` (no E2MC).
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
@@ -35,7 +37,7 @@ def get_config(arg: str | None = None):
   c.vicreg.sim_weight = 25.0
   c.vicreg.var_weight = 25.0
   c.vicreg.cov_weight = 1.0
-  configlib.imagenet_data(c)
+  common.imagenet_data(c)
   c.aug.crop_scale = (0.08, 1.0)
   c.aug.jitter = (0.4, 0.4, 0.2, 0.1)
   c.aug.blur_prob = (1.0, 0.1)
@@ -45,7 +47,7 @@ def get_config(arg: str | None = None):
   c.optim.weight_decay = 1e-6
   c.optim.trust_coefficient = 0.001
   c.optim.exclude_1d = True
-  configlib.e2mc_continuation(c, beta=1000.0, gamma=100.0, transform="sigmoid", epochs=10)
+  common.e2mc_continuation(c, beta=1000.0, gamma=100.0, transform="sigmoid", epochs=10)
   c.log_every_steps = 100
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = 5
@@ -53,9 +55,9 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.e2mc_imagenet_smoke(c)
+  common.e2mc_imagenet_smoke(c)
   c.projector.hidden = (64, 64)
   c.projector.out_dim = 64
 
 
-VARIANTS = {"smoke": smoke, "continued": configlib.continued}
+VARIANTS = {"smoke": smoke, "continued": common.continued}

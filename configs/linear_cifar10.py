@@ -7,7 +7,7 @@ The encoder (architecture and input normalisation too) is the online encoder of 
 ``init.workdir`` (its latest checkpoint, or ``init.step``), frozen, BN in eval mode;
 ``BN(no affine, eps 1e-6) -> Linear`` on its pooled features, SGD momentum 0.9,
 lr 0.03 x 4096/256, weight decay 0, batch 4096, 100 epochs, cosine: the MEC recipe
-(``configlib.mec_linear_probe``). CIFAR recipe for the images: 32x32, test images as they
+(``common.mec_linear_probe``). CIFAR recipe for the images: 32x32, test images as they
 are (no crop). By default the train and test features are computed once, un-augmented, and
 cached in ``DIR/features`` (minutes on a 2-core CPU); ``augment`` trains on a fresh
 random-resized crop + flip of every image at every step instead, through the frozen encoder.
@@ -21,10 +21,12 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
-  configlib.mec_linear_probe(c)
+  common.mec_linear_probe(c)
   c.data.name = "cifar10"
   c.data.image_size = 32
   c.data.eval_split = "test"
@@ -36,11 +38,11 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.evaluation_smoke(c)
+  common.evaluation_smoke(c)
 
 
 def augment(c):
   c.linear.cache_features = False
 
 
-VARIANTS = {"smoke": smoke, "augment": augment, "lars": configlib.lars_probe}
+VARIANTS = {"smoke": smoke, "augment": augment, "lars": common.lars_probe}

@@ -22,13 +22,15 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
   c.model.name = "resnet50"
   c.model.width = 1.0
-  configlib.imagenet_data(c)
-  configlib.mec_linear_probe(c)
+  common.imagenet_data(c)
+  common.mec_linear_probe(c)
   c.linear.cache_features = False
   c.log_every_steps = 100
   c.checkpoint.every_epochs = 1
@@ -36,8 +38,8 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.imagenet_smoke(c)
-  configlib.evaluation_smoke(c)
+  common.imagenet_smoke(c)
+  common.evaluation_smoke(c)
   c.data.in_memory = False
   c.knn.enabled = False
 
@@ -46,4 +48,4 @@ def cached(c):
   c.linear.cache_features = True
 
 
-VARIANTS = {"smoke": smoke, "lars": configlib.lars_probe, "cached": cached}
+VARIANTS = {"smoke": smoke, "lars": common.lars_probe, "cached": cached}

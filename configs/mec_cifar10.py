@@ -24,6 +24,8 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
@@ -61,7 +63,7 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.cifar_smoke(c)
+  common.cifar_smoke(c)
   c.projector.hidden = (64,)
   c.projector.out_dim = 64
   c.predictor.hidden = (32,)
@@ -78,7 +80,7 @@ def cpu(c):
   # -> 6 in 2 epochs, the loss below -1); 0.5 (lamda_inv 128) keeps ||C||_2 under 1. EMA
   # 0.99 (0.996 did the same), batch 256 (128 no better), 32x32 input (16x16 crops from the
   # 32x32 images ran only 1.6x faster and learned no faster per minute).
-  configlib.cifar_cpu(c, epochs=5)
+  common.cifar_cpu(c, epochs=5)
   c.projector.hidden = (1024,)
   c.projector.out_dim = 1024
   c.predictor.hidden = (256,)

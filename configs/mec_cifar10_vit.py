@@ -25,6 +25,8 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
@@ -68,7 +70,7 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.cifar_smoke(c)
+  common.cifar_smoke(c)
   c.data.image_size = 16       # a 4x4 grid of 4x4 patches: compiles in seconds
   c.model.width = 0.25         # 48 wide, 3 heads of 16
   c.model.depth = 2
@@ -80,7 +82,7 @@ def smoke(c):
 
 
 def cpu(c):
-  configlib.cifar_cpu(c, epochs=2)
+  common.cifar_cpu(c, epochs=2)
   c.model.width = 0.5          # 96 wide, 3 heads of 32
   c.model.depth = 4
   c.projector.hidden = (1024, 1024)

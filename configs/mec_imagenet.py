@@ -20,6 +20,8 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
@@ -37,7 +39,7 @@ def get_config(arg: str | None = None):
   c.mec.lamda_warmup_factor = 8.0
   c.mec.lamda_warmup_epochs = 10
 
-  configlib.imagenet_data(c)
+  common.imagenet_data(c)
   c.aug.crop_scale = (0.2, 1.0)
 
   c.batch_size = 1024
@@ -57,7 +59,7 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.imagenet_smoke(c)
+  common.imagenet_smoke(c)
   c.projector.hidden = (64, 64)
   c.projector.out_dim = 64
   c.predictor.hidden = (32,)

@@ -33,6 +33,8 @@ Variants (compose left to right, e.g. ``vit_b,cpu``):
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
@@ -51,7 +53,7 @@ def get_config(arg: str | None = None):
   c.mec.lamda_warmup_factor = 8.0
   c.mec.lamda_warmup_epochs = 10
 
-  configlib.imagenet_data(c)
+  common.imagenet_data(c)
   c.aug.crop_scale = (0.08, 1.0)
 
   c.batch_size = 4096
@@ -82,7 +84,7 @@ def vit_b(c):
 
 
 def smoke(c):
-  configlib.imagenet_smoke(c)
+  common.imagenet_smoke(c)
   c.model.width = 0.125 if c.model.name == "vit_small" else 0.0625   # 48 wide either way
   c.model.depth = 2
   c.model.num_heads = 3

@@ -18,6 +18,8 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
@@ -52,14 +54,14 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.cifar_smoke(c)
+  common.cifar_smoke(c)
   c.projector.hidden = (64, 64)
   c.projector.out_dim = 64
   c.music.segment_size = 16
 
 
 def cpu(c):
-  configlib.cifar_cpu(c, epochs=3.4)
+  common.cifar_cpu(c, epochs=3.4)
 
 
 def colab_gpu(c):
@@ -73,7 +75,7 @@ def colab_gpu(c):
   # sustained (about 18%, the rate T4 float32 ResNet training usually reaches)
   # that is ~260 images/s, ~195 s an epoch of 50k images.
   # 5 epochs ~16 min, the final kNN and compilation the rest.
-  configlib.cifar_cpu(c, epochs=5)
+  common.cifar_cpu(c, epochs=5)
   c.model.width = 1.0
   c.batch_size = 512
   c.log_every_steps = 50

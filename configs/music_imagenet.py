@@ -18,6 +18,8 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
@@ -33,7 +35,7 @@ def get_config(arg: str | None = None):
   c.music.temperature = 1.0
   c.music.invariance_weight = 1.0
 
-  configlib.imagenet_data(c)
+  common.imagenet_data(c)
   c.aug.crop_scale = (0.08, 1.0)
 
   c.batch_size = 2048
@@ -54,7 +56,7 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.imagenet_smoke(c)
+  common.imagenet_smoke(c)
   c.projector.hidden = (64,)
   c.projector.out_dim = 64
   c.music.segment_size = 16

@@ -6,7 +6,7 @@ r"""Semi-supervised fine-tuning on CIFAR-10 (the MEC appendix's protocol, CIFAR 
 The encoder of the run in ``init.workdir`` (architecture from its config.json) and a new
 linear head trained whole on a labelled subset of the train split with cross-entropy: SGD
 momentum 0.9, lr 0.05 at batch 1024, weight decay 0, 50 epochs, cosine, one random-resized
-crop (0.08-1) + flip per image and step (``configlib.semisup_finetune``). The subsets are
+crop (0.08-1) + flip per image and step (``common.semisup_finetune``). The subsets are
 deterministic and class-balanced (``data.max_train_examples``: the first images of each
 class in file order, ``sources.balanced_subset``). Evaluated on the test split (as is, no
 crop), BN in eval mode; logs ``finetune_top1`` / ``finetune_top5``. Default: ``10pct``.
@@ -21,12 +21,14 @@ Variants (the subset variants set the subset size, ``smoke`` caps it; any order)
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 CIFAR10_TRAIN = 50_000
 
 
 def get_config(arg: str | None = None):
   c = configlib.base()
-  configlib.semisup_finetune(c)
+  common.semisup_finetune(c)
   c.data.name = "cifar10"
   c.data.image_size = 32
   c.data.eval_split = "test"
@@ -57,7 +59,7 @@ def cpu(c):
 
 
 def smoke(c):
-  configlib.evaluation_smoke(c)
+  common.evaluation_smoke(c)
 
 
 VARIANTS = {"10pct": pct10, "1pct": pct1, "cpu": cpu, "smoke": smoke}

@@ -6,7 +6,7 @@ r"""Semi-supervised fine-tuning on ImageNet's 1% / 10% labelled subsets (MEC app
 SimCLR's subsets through tfds ``imagenet2012_subset/1pct`` and ``/10pct`` (12,811 and
 128,116 images; prepared from the manual ImageNet download), evaluated on the 50,000
 ``validation`` images. ResNet-50 and a new linear head trained whole: SGD momentum 0.9,
-lr 0.05 at batch 1024, weight decay 0, 50 epochs, cosine (``configlib.semisup_finetune``);
+lr 0.05 at batch 1024, weight decay 0, 50 epochs, cosine (``common.semisup_finetune``);
 train images: random-resized crop at 224 (0.08-1) + flip on the host; validation: resize
 256, centre crop 224. Logs ``finetune_top1`` / ``finetune_top5``. Default: ``10pct``.
 
@@ -19,13 +19,15 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
   c.model.name = "resnet50"
   c.model.width = 1.0
-  configlib.imagenet_data(c)
-  configlib.semisup_finetune(c)
+  common.imagenet_data(c)
+  common.semisup_finetune(c)
   c.data.name = "imagenet2012_subset/10pct"
   c.data.train_split = "train"
   c.data.eval_split = "validation"
@@ -43,8 +45,8 @@ def pct1(c):
 
 
 def smoke(c):
-  configlib.imagenet_smoke(c)
-  configlib.evaluation_smoke(c)
+  common.imagenet_smoke(c)
+  common.evaluation_smoke(c)
   c.data.in_memory = False
   c.knn.enabled = False
 

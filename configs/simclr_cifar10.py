@@ -19,11 +19,13 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
   c.method = "simclr"
-  configlib.solo_learn_cifar(c)
+  common.solo_learn_cifar(c)
   c.projector.hidden = (2048,)
   c.projector.out_dim = 256
   c.projector.out_bn = None
@@ -38,13 +40,13 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.cifar_smoke(c)
+  common.cifar_smoke(c)
   c.projector.hidden = (64,)
   c.projector.out_dim = 32
 
 
 def cpu(c):
-  configlib.cifar_cpu(c, epochs=3.65)
+  common.cifar_cpu(c, epochs=3.65)
   c.projector.hidden = (1024,)
 
 

@@ -20,11 +20,13 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
   c.method = "simsiam"
-  configlib.solo_learn_cifar(c)
+  common.solo_learn_cifar(c)
   c.projector.hidden = (2048, 2048)
   c.projector.out_dim = 2048
   c.projector.out_bn = "no_affine"
@@ -41,7 +43,7 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.cifar_smoke(c)
+  common.cifar_smoke(c)
   c.projector.hidden = (64, 64)
   c.projector.out_dim = 64
   c.predictor.hidden = (32,)
@@ -49,7 +51,7 @@ def smoke(c):
 
 
 def cpu(c):
-  configlib.cifar_cpu(c, epochs=3.55)
+  common.cifar_cpu(c, epochs=3.55)
   c.projector.hidden = (1024, 1024)
   c.projector.out_dim = 1024
   c.predictor.hidden = (256,)

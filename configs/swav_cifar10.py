@@ -21,11 +21,13 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
   c.method = "swav"
-  configlib.solo_learn_cifar(c)
+  common.solo_learn_cifar(c)
   c.projector.hidden = (2048,)
   c.projector.out_dim = 128
   c.projector.out_bn = None
@@ -46,7 +48,7 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.cifar_smoke(c)
+  common.cifar_smoke(c)
   c.projector.hidden = (64,)
   c.projector.out_dim = 32
   c.swav.num_prototypes = 32
@@ -58,7 +60,7 @@ def smoke(c):
 
 
 def cpu(c):
-  configlib.cifar_cpu(c, epochs=3.25)
+  common.cifar_cpu(c, epochs=3.25)
   c.projector.hidden = (1024,)
   c.swav.queue_start_epochs = 1
   c.swav.freeze_prototypes_epochs = 0.5

@@ -43,6 +43,8 @@ images, batch 32, 8 steps (CI runs it on a synthetic folder with ``data.path``).
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 # argument: (tfds name, train split, eval split, metric)
 DATASETS = {
     "food101": ("food101", "train", "validation", "top1"),
@@ -65,8 +67,8 @@ WHOLE_IMAGE = ("cifar10", "cifar100")
 def get_config(arg: str | None = None):
   c = configlib.base()
   c.model.name = "resnet50"
-  configlib.imagenet_data(c)
-  configlib.mec_linear_probe(c)
+  common.imagenet_data(c)
+  common.mec_linear_probe(c)
   c.batch_size = 256
   c.eval_batch_size = 256
   c.linear.cache_features = True
@@ -96,7 +98,7 @@ def _input(c) -> None:
 
 
 def smoke(c):
-  configlib.evaluation_smoke(c)
+  common.evaluation_smoke(c)
   c.data.image_size = 32
   _input(c)
 

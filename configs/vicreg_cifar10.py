@@ -17,11 +17,13 @@ Variants:
 
 from mecjax import configlib
 
+common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
   c.method = "vicreg"
-  configlib.solo_learn_cifar(c)
+  common.solo_learn_cifar(c)
   c.projector.hidden = (2048, 2048)
   c.projector.out_dim = 2048
   c.projector.out_bn = None
@@ -37,13 +39,13 @@ def get_config(arg: str | None = None):
 
 
 def smoke(c):
-  configlib.cifar_smoke(c)
+  common.cifar_smoke(c)
   c.projector.hidden = (64, 64)
   c.projector.out_dim = 64
 
 
 def cpu(c):
-  configlib.cifar_cpu(c, epochs=3.6)
+  common.cifar_cpu(c, epochs=3.6)
   c.projector.hidden = (1024, 1024)
   c.projector.out_dim = 1024
 
@@ -60,7 +62,7 @@ def colab_gpu(c):
   # that is ~260 images/s, ~195 s an epoch of 50k images.
   # 3 epochs ~10 min; the notebook's two 1-epoch continuations (e2mc_vicreg_cifar10.py:
   # colab_gpu, ~3.5 min each) and the kNN evaluations make up the 20.
-  configlib.cifar_cpu(c, epochs=3)
+  common.cifar_cpu(c, epochs=3)
   c.model.width = 1.0
   c.batch_size = 512
   c.log_every_steps = 50

@@ -1,10 +1,13 @@
-"""The one schema of every config key, and the helpers configs and the loop share.
+"""The schema of every config key, its validation, loading and saving, durations, and the
+one-line messages for a bad key.
 
-Config files start from ``base()`` and override what they need. ``base()`` returns a
-*locked* ConfigDict: assigning a key that is not listed here raises at once, in the file or
-on the command line (``--config.optim.lr=...`` names ``lr`` and the keys that exist), so a
-misspelt key never silently does nothing. Keys that later issues need are added here, with
-their default, in the same change that reads them.
+Config files (``configs/``: recipes, their shared fragments in ``configs/common.py``) start
+from ``base()`` and override what they need. ``base()`` returns a *locked* ConfigDict:
+assigning a key that is not in the schema raises at once, in the file or on the command line
+(``--config.optim.lr=...`` names ``lr`` and the keys that exist), so a misspelt key never
+silently does nothing. The schema is the loop-level keys listed in ``base()`` plus one block
+per method and regulariser that declares one (``config.mec``, ``config.swav``, ...: each
+method's ``defaults()`` in ``mecjax/methods/``), so a new method adds its keys in its own file.
 
 Durations are given in steps or in epochs (``total_steps`` / ``total_epochs``,
 ``warmup_steps`` / ``warmup_epochs``, ...); ``duration()`` resolves either.
@@ -18,14 +21,16 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
+# ConfigError and duration live below the schema (the methods raise and use them, and the
+# schema imports the methods); they are part of this module's interface all the same.
+from mecjax.configvalues import ConfigError, duration  # noqa: F401
+
 placeholder = config_dict.placeholder
 
 
-class ConfigError(ValueError):
-  """A config value is wrong; the message names the key and what was expected."""
-
-
 def base() -> ml_collections.ConfigDict:
+  """The schema: every key with its default, locked. The loop-level keys are listed here;
+  each method's and regulariser's own block comes from ``mecjax.methods.config_blocks()``."""
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.method = "mec"                    # mecjax.methods.METHODS
@@ -80,7 +85,10 @@ def base() -> ml_collections.ConfigDict:
       jitter=(0.4, 0.4, 0.2, 0.1),    # brightness, contrast, saturation, hue (torchvision)
       jitter_prob=0.8,
       grayscale_prob=0.2,
-      blur_prob=(0.0, 0.0),           # per global view (their number is this tuple's length)
+      # Global views per image (the ones every method pairs and every monitor reads); the
+      # per-view tuples below need exactly this many entries.
+      num_global_views=2,
+      blur_prob=(0.0, 0.0),           # per global view
       solarize_prob=(0.0, 0.2),       # per global view
       mean=(0.4914, 0.4822, 0.4465),
       std=(0.2470, 0.2435, 0.2616),
@@ -116,44 +124,11 @@ def base() -> ml_collections.ConfigDict:
   )
   c.ema = dict(momentum=0.996, final_momentum=1.0)  # cosine per step; 0: weight sharing
 
-  c.mec = dict(
-      eps_sq=64.0,                    # official --eps: lamda_inv = batch * eps_sq / out_dim
-      order=4,
-      lamda_warmup_factor=8.0,        # lamda_inv warms up from factor x lamda_inv
-      lamda_warmup_steps=placeholder(int),
-      lamda_warmup_epochs=placeholder(float),
-      # "taylor": the official order-n series (diverges once ||C||_2 > 1); "logdet": the
-      # exact -(lamda_inv/m) log|det(I + C)| it approximates, bounded (losses.mec_logdet).
-      objective="taylor",
-      # Adaptive lamda_inv (method mec only): after each step lamda_inv's multiplier becomes
-      # max(1, scale ||C||_2 / adapt_bound) (losses.adapt_lamda_scale), kept in the method
-      # state; None: off. The series converges for ||C||_2 < 1.
-      adapt_bound=placeholder(float),
-  )
-
-  # Each method's own constants (METHODS.md; mecjax/methods/<family>.py says what they mean).
-  c.music = dict(segment_size=32, temperature=1.0, invariance_weight=1.0)
-  c.barlow_twins = dict(lambd=0.0051, scale=1.0)
-  c.vicreg = dict(sim_weight=25.0, var_weight=25.0, cov_weight=1.0)
-  c.simclr = dict(temperature=0.2)
-  c.swav = dict(num_prototypes=3000, temperature=0.1, epsilon=0.05, iterations=3,
-                queue_size=3840,      # rounded down to a multiple of the global batch; 0: none
-                queue_start_steps=placeholder(int), queue_start_epochs=placeholder(float),
-                freeze_prototypes_steps=placeholder(int),
-                freeze_prototypes_epochs=placeholder(float))
   # An additive regulariser: None, "mec" (on the method's embedding pairs; reads config.mec),
   # "e2mc" (on the online embeddings of the two global views; reads config.e2mc) or one of
   # E2MC's ablation criteria "vc" / "au" / "mmcr" (config.vc, config.au);
-  # loss = objective + weight x regulariser.
+  # loss = objective + weight x regulariser (mecjax.methods.REGULARIZERS).
   c.regularizer = dict(name=placeholder(str), weight=1.0)
-  # E2MC: gamma (Cov1 + Cov2) - beta (H1 + H2) / 2 on the squashed embeddings (METHODS.md).
-  c.e2mc = dict(beta=1.0, gamma=1.0, transform="sigmoid", eps=1e-7)
-  # E2MC's ablation criteria (regularizer.name "vc" | "au" | "mmcr"; losses/ablation.py).
-  # vc: std_weight x VICReg's std hinge + cov_weight x its covariance, in the "hypersphere"
-  # (L2-normalised, std target 1/sqrt(D)) or "projector" (raw, target 1) space.
-  c.vc = dict(std_weight=0.1, cov_weight=0.001, space="hypersphere")
-  # au: uniformity at temperature t over each view's pairs, + align_weight x alignment.
-  c.au = dict(t=2.0, align_weight=0.0)
 
   # Start a new run from trained weights (continued pre-training, probes): a mecjax run
   # directory (its latest checkpoint, or init.step) or a PyTorch checkpoint file in
@@ -202,8 +177,20 @@ def base() -> ml_collections.ConfigDict:
       multi_label=False,      # labels are sets (tfds 'labels'): sigmoid cross-entropy
   )
   c.eval_batch_size = 512
+  _add_method_blocks(c)
   c.lock()
   return c
+
+
+def _add_method_blocks(c) -> None:
+  """Each registered method's / regulariser's own block (``config.mec``, ``config.swav``,
+  ``config.e2mc``, ...), from the module that reads it."""
+  from mecjax import methods   # imported here: ``import configlib`` stays free of JAX
+  for key, defaults in methods.config_blocks().items():
+    if key in c:
+      raise ValueError(f"config block {key!r} of a method clashes with the schema's own "
+                       f"config.{key}: rename the method's block")
+    c[key] = defaults
 
 
 # Keys that must be > 0 when set (None: unset), and keys that must be >= 0.
@@ -218,8 +205,9 @@ NON_NEGATIVE = ("optim.warmup_steps", "optim.warmup_epochs", "optim.weight_decay
 
 def validate(config) -> None:
   """Stop with one line naming the first key whose value cannot make sense: a learning rate,
-  batch size, duration or interval that is zero or negative (train.run and the offline
-  evaluations call it first, before any data is read)."""
+  batch size, duration or interval that is zero or negative, a per-view augmentation tuple
+  whose length is not ``aug.num_global_views`` (train.run and the offline evaluations call
+  it first, before any data is read)."""
   for keys, ok, expected in ((POSITIVE, lambda v: v > 0, "> 0"),
                              (NON_NEGATIVE, lambda v: v >= 0, ">= 0")):
     for key in keys:
@@ -230,6 +218,24 @@ def validate(config) -> None:
         continue
       if not isinstance(value, (int, float)) or value != value or not ok(value):
         raise ConfigError(f"config.{key}={value!r}: expected a number {expected}")
+  global_views(config.aug)
+
+
+# The aug keys that hold one entry per global view.
+PER_GLOBAL_VIEW = ("blur_prob", "solarize_prob")
+
+
+def global_views(aug) -> int:
+  """``aug.num_global_views``, checked: a positive int, and every per-view tuple
+  (``PER_GLOBAL_VIEW``) with that many entries; else one line naming the keys."""
+  n = aug.num_global_views
+  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    raise ConfigError(f"config.aug.num_global_views={n!r}: expected an int >= 1")
+  wrong = [f"config.aug.{k}={tuple(aug[k])!r}" for k in PER_GLOBAL_VIEW if len(aug[k]) != n]
+  if wrong:
+    raise ConfigError(f"{' and '.join(wrong)}: expected one entry per global view, "
+                      f"config.aug.num_global_views={n}")
+  return n
 
 
 def apply_variants(config: ml_collections.ConfigDict, arg: str | None,
@@ -259,6 +265,34 @@ def load(spec: str, variant: str | None = None) -> ml_collections.ConfigDict:
   return module.get_config(variant if variant is not None else (arg or None))
 
 
+def import_beside(config_file: str, name: str):
+  """The module ``name`` (``"common"``) from the folder of ``config_file`` (a config's
+  ``__file__``): how a config reads the fragments it shares with its neighbours.
+
+  By path, not through ``sys.path``: ml_collections' ``--config`` flag and ``load`` execute a
+  config file by path without putting its folder on the import path, from any working
+  directory, and a top-level module called ``common`` could be some other package's. One
+  module object per file, so every config of a process sees the same fragments.
+  """
+  import importlib.util
+  import sys
+  path = os.path.join(os.path.dirname(os.path.realpath(config_file)), name + ".py")
+  key = f"mecjax_configs_{name}_{abs(hash(path)):x}"
+  if key in sys.modules:
+    return sys.modules[key]
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {config_file!r} reads {path!r}, which does not exist")
+  spec = importlib.util.spec_from_file_location(key, path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[key] = module
+  try:
+    spec.loader.exec_module(module)
+  except BaseException:
+    del sys.modules[key]
+    raise
+  return module
+
+
 CONFIG_FILE = "config.json"
 
 
@@ -272,7 +306,9 @@ def save(config, workdir: str) -> None:
 
 def load_run(workdir: str) -> ml_collections.ConfigDict:
   """The config a run directory was trained with: its ``config.json`` over ``base()`` (keys
-  added to the schema since keep their defaults); sequences come back as tuples."""
+  added to the schema since keep their defaults); sequences come back as tuples. A run
+  saved before ``aug.num_global_views`` existed had one global view per ``aug.blur_prob``
+  entry, and gets that number."""
   import json
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
@@ -291,20 +327,9 @@ def load_run(workdir: str) -> ml_collections.ConfigDict:
       else:
         cfg[key] = tuple(value) if isinstance(value, list) else value
   merge(config, saved, "")
+  if "num_global_views" not in saved.get("aug", {}) and config.aug.get("blur_prob"):
+    config.aug.num_global_views = len(config.aug.blur_prob)
   return config
-
-
-def duration(cfg, name: str, steps_per_epoch: float, default: int | None = None) -> int | None:
-  """Resolve ``cfg.<name>_steps`` or ``cfg.<name>_epochs`` (exactly one may be set) to steps."""
-  steps, epochs = cfg.get(f"{name}_steps"), cfg.get(f"{name}_epochs")
-  if steps is not None and epochs is not None:
-    raise ConfigError(f"config sets both {name}_steps={steps} and {name}_epochs={epochs}: "
-                      "keep one")
-  if steps is not None:
-    return int(steps)
-  if epochs is not None:
-    return int(round(epochs * steps_per_epoch))
-  return default
 
 
 def unknown_key_message(config: ml_collections.ConfigDict, dotted: str) -> str:
@@ -340,305 +365,3 @@ def _flatten(cfg, prefix=""):
       yield from _flatten(value, path + ".")
     else:
       yield path
-
-
-# ------------------------------------------------------- shared CIFAR-10 recipe parts
-# The CIFAR-10 configs share their data, the size of their smoke and cpu variants, and (the
-# baselines) solo-learn's CIFAR recipe; each config file states only what is its own.
-
-
-def solo_learn_cifar(c) -> None:
-  """solo-learn's CIFAR-10 pre-training setup (``scripts/pretrain/cifar/*.yaml``): CIFAR
-  ResNet-18, batch 256, 1000 epochs, 10-epoch warm-up then cosine, LARS (eta 0.02, biases
-  and norm parameters excluded) unless the method's file says otherwise, SyncBN, crops of
-  scale 0.08-1. Learning rate, weight decay, heads and colour strength are per method."""
-  c.model.name = "resnet18_cifar"
-  c.model.width = 1.0
-  c.data.name = "cifar10"
-  c.data.image_size = 32
-  c.aug.name = "cifar"
-  c.aug.crop_scale = (0.08, 1.0)
-  c.aug.blur_prob = (0.0, 0.0)
-  c.aug.solarize_prob = (0.0, 0.2)
-  c.batch_size = 256
-  c.total_epochs = 1000
-  c.optim.name = "lars"
-  c.optim.trust_coefficient = 0.02
-  c.optim.exclude_1d = True
-  c.optim.warmup_epochs = 10
-  c.log_every_steps = 50
-  c.checkpoint.every_epochs = 10
-  c.knn.every_epochs = 10
-
-
-def cifar_smoke(c) -> None:
-  """A tiny network on 256 images for 12 steps: under a minute on a 2-core CPU (CI)."""
-  c.model.width = 0.125
-  c.data.max_train_examples = 256
-  c.data.max_eval_examples = 128
-  c.batch_size = 32
-  c.eval_batch_size = 64
-  c.total_epochs = None
-  c.total_steps = 12
-  c.optim.warmup_epochs = None
-  c.optim.warmup_steps = 2
-  c.mec.lamda_warmup_epochs = None
-  c.mec.lamda_warmup_steps = 4
-  c.log_every_steps = 2
-  c.checkpoint.every_epochs = None
-  c.checkpoint.every_steps = 5
-  c.knn.every_epochs = None
-  c.knn.k = 20
-
-
-def cifar_cpu(c, epochs: float) -> None:
-  """Width-0.25 CIFAR ResNet-18 at 32x32, batch 256, half-epoch warm-up, kNN at the end:
-  sized for the shared CIFAR-10 on a 2-core CPU (``epochs`` from each method's speed)."""
-  c.model.width = 0.25
-  c.batch_size = 256
-  c.total_epochs = epochs
-  c.optim.warmup_epochs = 0.5
-  c.mec.lamda_warmup_epochs = 1
-  c.log_every_steps = 20
-  c.checkpoint.every_epochs = 1
-  c.knn.every_epochs = None
-
-
-def imagenet_data(c) -> None:
-  """ImageNet at 224 (tfds ``imagenet2012`` or ``data.path``): host-side crops (MoCo v3 /
-  VICReg / BYOL recipe), ImageNet mean and std; kNN on a 100k-image bank."""
-  c.data.name = "imagenet2012"
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.image_size = 224
-  # Per host: decode + 2 crops cost ~3.8 ms of one (loaded, shared) core per image, i.e.
-  # ~3.8 cores per 1,000 images/s (benchmarks/RESULTS.md, "Host input"): an 8-GPU host at
-  # ~10,000 images/s wants ~40 cores, so 32 worker processes of 2 reading threads each.
-  c.data.host_workers = 32
-  c.data.host_threads = 2
-  c.aug.name = "mocov3"
-  c.aug.blur_prob = (1.0, 0.1)
-  c.aug.solarize_prob = (0.0, 0.2)
-  c.aug.mean = (0.485, 0.456, 0.406)
-  c.aug.std = (0.229, 0.224, 0.225)
-  c.knn.max_train_examples = 100_000
-  c.eval_batch_size = 1024
-
-
-def imagenet_smoke(c) -> None:
-  """The ImageNet recipe's code path (host crops at 64 px from files) on 256 images of any
-  local folder with train/ and test/ splits, 10 steps (CI: the shared CIFAR-10)."""
-  cifar_smoke(c)
-  c.data.image_size = 64
-  c.data.in_memory = False
-  c.data.eval_split = "test"
-  c.data.host_threads = 4
-  c.data.host_workers = 0
-  c.total_steps = 10
-  c.knn.max_train_examples = None
-
-
-# float32 machine epsilon (np.finfo(np.float32).eps): the E2MC SwAV and SimSiam scripts' eps
-# inside the m-spacings log (the VICReg launcher passes 1e-7).
-FLOAT32_EPS = 2.0 ** -23
-
-
-def e2mc_continuation(c, *, beta: float, gamma: float, transform: str, epochs: float,
-                      eps: float = 1e-7, lr_fraction: float = 0.01,
-                      batch_size: int = 512) -> None:
-  """E2MC continued pre-training on top of a base method's config ``c`` (METHODS.md): the
-  base loss plus E2MC, ``epochs`` more epochs at ``lr_fraction`` x the base learning rate,
-  kept constant (no warm-up, no decay: the official code fixes it), batch ``batch_size``,
-  everything else as the base method. ``continued()`` turns E2MC off for the ablation."""
-  c.regularizer.name = "e2mc"
-  c.regularizer.weight = 1.0
-  c.e2mc.beta = beta
-  c.e2mc.gamma = gamma
-  c.e2mc.transform = transform
-  c.e2mc.eps = eps
-  c.optim.schedule = "official"   # constant either way; the official code's convention
-  c.optim.base_lr = c.optim.base_lr * lr_fraction
-  c.optim.warmup_steps = None
-  c.optim.warmup_epochs = None
-  c.optim.end_lr_factor = 1.0
-  c.batch_size = batch_size
-  c.total_steps = None
-  c.total_epochs = epochs
-  c.init.heads = True
-  c.init.required = True
-  # The official continuation restores the epoch counter; our step restarts at 0, so the
-  # schedules that count from the start are set as they stand late in the base run.
-  c.swav.freeze_prototypes_steps = None
-  c.swav.freeze_prototypes_epochs = None
-  c.swav.queue_start_steps = None
-  c.swav.queue_start_epochs = None
-  c.mec.lamda_warmup_steps = None
-  c.mec.lamda_warmup_epochs = None
-
-
-def continued(c) -> None:
-  """The "continued" ablation: the same run without the E2MC terms."""
-  c.regularizer.name = None
-
-
-# E2MC's ablation (paper Table 3, Appendix A): the same continuation with another criterion
-# in E2MC's place, each weighted as the paper states (mecjax/losses/ablation.py).
-
-
-def ablation_vc(c) -> None:
-  """VICReg's variance-covariance terms on the two global crops: mu 0.1, nu 0.001."""
-  c.regularizer.name = "vc"
-  c.regularizer.weight = 1.0
-  c.vc.std_weight = 0.1
-  c.vc.cov_weight = 0.001
-
-
-def ablation_au(c) -> None:
-  """Uniformity (t 2) over each global crop's pairs, lambda 0.5."""
-  c.regularizer.name = "au"
-  c.regularizer.weight = 0.5
-  c.au.t = 2.0
-
-
-def ablation_mmcr(c) -> None:
-  """MMCR: minus the nuclear norm of the view centroids over all views, lambda 0.005."""
-  c.regularizer.name = "mmcr"
-  c.regularizer.weight = 0.005
-
-
-E2MC_ABLATION_VARIANTS = {"vc": ablation_vc, "au": ablation_au, "mmcr": ablation_mmcr}
-
-
-def e2mc_cifar(base_file: str, arg: str | None, *, beta: float, gamma: float,
-               transform: str, eps: float = 1e-7,
-               variants: dict | None = None) -> ml_collections.ConfigDict:
-  """E2MC continued pre-training on CIFAR-10 from our own checkpoint of a base method.
-
-  ``base_file`` is the base method's config (``configs/<method>_cifar10.py``); the run
-  continues its ``cpu`` variant (``smoke`` with the ``smoke`` variant), read from
-  ``init.workdir`` (default ``runs/<method>_cifar10_cpu``, where the README's base command
-  writes it). Protocol as on ImageNet: 10 epochs, batch 512, 0.01 x the base learning rate,
-  constant. Variants (``E2MC_CIFAR_VARIANTS``, comma-separated, composable): ``smoke`` (CI),
-  ``short`` (1 epoch: the benchmark's budget), ``continued`` (the same run without E2MC),
-  and the config's own ``variants`` (e.g. ``colab_gpu``, which also continues the base's
-  ``colab_gpu`` variant).
-  """
-  names = [n for n in (arg or "").split(",") if n]
-  base_variant = next((v for v in ("smoke", "colab_gpu") if v in names), "cpu")
-  c = load(base_file, base_variant)
-  e2mc_continuation(c, beta=beta, gamma=gamma, transform=transform, epochs=10, eps=eps)
-  c.init.workdir = f"runs/{c.method}_cifar10_{base_variant}"
-  c.checkpoint.every_epochs = 1
-  c.knn.every_epochs = None
-  return apply_variants(c, arg, {**E2MC_CIFAR_VARIANTS, **(variants or {})})
-
-
-def _e2mc_cifar_smoke(c) -> None:
-  """6 steps at batch 32 from the base's smoke checkpoint (the base config is its smoke
-  variant already)."""
-  c.batch_size = 32
-  c.total_epochs = None
-  c.total_steps = 6
-  c.checkpoint.every_epochs = None
-  c.checkpoint.every_steps = 3
-
-
-def _e2mc_short(c) -> None:
-  """One epoch: the benchmark's budget."""
-  if c.total_epochs is not None:
-    c.total_epochs = 1
-
-
-E2MC_CIFAR_VARIANTS = {"smoke": _e2mc_cifar_smoke, "short": _e2mc_short,
-                       "continued": continued}
-
-
-def e2mc_imagenet_smoke(c) -> None:
-  """The ImageNet E2MC configs' code path at smoke size: a narrow ResNet-50 at 64 px on 256
-  images of any local folder with train/ and test/ splits, 6 steps at batch 32, from the
-  checkpoint ``init.torch`` / ``init.workdir`` names (CI writes a release-layout one)."""
-  imagenet_smoke(c)
-  c.batch_size = 32
-  c.total_epochs = None
-  c.total_steps = 6
-  c.checkpoint.every_steps = 3
-
-
-# --------------------------------------------------------- offline evaluation recipes
-# Shared by configs/linear_*.py, semisup_*.py and transfer_linear.py: the encoder comes from
-# config.init (its architecture from the run, see mecjax/evaluators/downstream.py).
-
-
-def evaluation(c, task: str) -> None:
-  """An evaluation run (``task`` "linear" or "finetune") of the encoder ``config.init``
-  names: one augmented view per image, the recipe's random-resized crop (scale 0.08-1,
-  torchvision's default, as the MEC / MoCo v3 probe and SimCLR's fine-tuning use) and flip,
-  no colour operations; no kNN monitor, no online probe, no warm-up."""
-  c.task = task
-  c.init.heads = False
-  c.init.required = True
-  c.aug.crop_scale = (0.08, 1.0)
-  c.aug.blur_prob = (0.0,)
-  c.aug.solarize_prob = (0.0,)
-  c.knn.enabled = False
-  c.probe.enabled = False
-  c.optim.warmup_steps = None
-  c.optim.warmup_epochs = None
-  c.optim.end_lr_factor = 0.0
-
-
-def mec_linear_probe(c) -> None:
-  """The official MEC linear probe (``main_lincls``): frozen encoder, BN(no affine, eps
-  1e-6) + Linear, SGD momentum 0.9, lr 0.03 x batch/256, weight decay 0, batch 4096,
-  100 epochs, cosine per step."""
-  evaluation(c, "linear")
-  c.linear.bn_eps = 1e-6
-  c.batch_size = 4096
-  c.total_steps = None
-  c.total_epochs = 100
-  c.optim.name = "sgd"
-  c.optim.base_lr = 0.03
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 0.0
-  c.log_every_steps = 100
-  c.checkpoint.every_epochs = 10
-
-
-def lars_probe(c) -> None:
-  """The recipe's LARS option: the same learning rate, trust coefficient 0.001, biases and
-  norm parameters excluded (as SimSiam's / MoCo v3's LARS probe)."""
-  c.optim.name = "lars"
-  c.optim.trust_coefficient = 0.001
-  c.optim.exclude_1d = True
-
-
-def semisup_finetune(c) -> None:
-  """The MEC appendix's semi-supervised fine-tuning: the whole network and a new linear
-  head, SGD momentum 0.9, lr 0.05 at batch 1024 (base_lr 0.0125 x batch/256), weight decay
-  0, 50 epochs, cosine per step."""
-  evaluation(c, "finetune")
-  c.batch_size = 1024
-  c.total_steps = None
-  c.total_epochs = 50
-  c.optim.name = "sgd"
-  c.optim.base_lr = 0.05 * 256 / 1024
-  c.optim.momentum = 0.9
-  c.optim.weight_decay = 0.0
-  c.log_every_steps = 20
-  c.checkpoint.every_epochs = 10
-
-
-def evaluation_smoke(c, max_train: int = 256) -> None:
-  """CI size for an evaluation config: at most ``max_train`` training images, 128 eval
-  images, batch 32, 8 steps, a checkpoint half-way."""
-  c.data.max_train_examples = min(c.data.max_train_examples or max_train, max_train)
-  c.data.max_eval_examples = 128
-  c.batch_size = 32
-  c.eval_batch_size = 64
-  c.total_epochs = None
-  c.total_steps = 8
-  c.log_every_steps = 2
-  c.checkpoint.every_epochs = None
-  c.checkpoint.every_steps = 4
-  c.optim.warmup_steps = None   # (cifar_smoke warms up; an evaluation does not)
-  c.optim.warmup_epochs = None

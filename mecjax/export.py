@@ -38,23 +38,6 @@ class ExportError(ValueError):
   """The run cannot be exported as asked; the message says why."""
 
 
-def _find_target(tree):
-  """The EMA target parameters inside a restored optimiser state (``EmaTargetState``)."""
-  if isinstance(tree, dict):
-    if "target" in tree and isinstance(tree["target"], dict) and "encoder" in tree["target"]:
-      return tree["target"]
-    children = tree.values()
-  elif isinstance(tree, (list, tuple)):
-    children = tree
-  else:
-    return None
-  for child in children:
-    found = _find_target(child)
-    if found is not None:
-      return found
-  return None
-
-
 def encoder_weights(workdir: str, *, target: bool = False, step: int | None = None):
   """(params, batch_stats, meta) of a run's encoder (the online one, or the EMA teacher)."""
   from mecjax import checkpoint as ckpt_lib
@@ -65,12 +48,12 @@ def encoder_weights(workdir: str, *, target: bool = False, step: int | None = No
                       "ResNet: only torchvision-layout ResNets export")
   if not target:
     return state["params"]["encoder"], state["model_state"]["batch_stats"]["encoder"], meta
-  params = _find_target(state["opt_state"])
-  stats = state["model_state"].get("target_batch_stats")
-  if params is None or stats is None:
+  from mecjax.methods import teacher
+  found = teacher.of(state)
+  if found is None:
     raise ExportError(f"{workdir}: method {meta.get('method')!r} keeps no EMA target "
                       "(--target is for MEC, BYOL, ...): export the online encoder")
-  return params["encoder"], stats["encoder"], meta
+  return found["params"]["encoder"], found["batch_stats"]["encoder"], meta
 
 
 def detectron2_keys(state: dict) -> dict:

@@ -24,6 +24,7 @@ import numpy as np
 
 from mecjax import checkpoint as ckpt_lib
 from mecjax.configlib import ConfigError
+from mecjax.methods import teacher
 
 log = logging.getLogger("mecjax")
 
@@ -94,7 +95,7 @@ def from_run(run_dir: str, step: int | None, params, model_state, *, heads: bool
   model_state["batch_stats"] = stats
   if same_method:
     for key, value in theirs_s.items():
-      if key not in ("batch_stats", "target_batch_stats") and key in model_state and \
+      if key not in ("batch_stats", teacher.TEACHER_STATS) and key in model_state and \
           _same_shapes(model_state[key], value):
         model_state[key] = value
         notes.append(f"state {key}: loaded")
@@ -129,8 +130,7 @@ def initialize(config, method, params, model_state) -> tuple[dict, dict]:
       raise ConfigError(f"config.init.torch={init.torch!r} is not a file")
     params, model_state, notes = from_torch(init.torch, params, model_state,
                                             heads=init.heads)
-  if "target_batch_stats" in model_state:
-    model_state["target_batch_stats"] = model_state["batch_stats"]
+  model_state = teacher.restart_from_online(model_state)
   params = method.project_params(params)
   for note in notes:
     log.info("init: %s", note)

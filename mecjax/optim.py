@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mecjax import configlib
-from mecjax.configlib import ConfigError
+from mecjax.configvalues import ConfigError, duration
 
 Schedule = Callable[[jax.Array], jax.Array]
 
@@ -124,12 +123,20 @@ def ema_target(momentum: float | Schedule) -> optax.GradientTransformation:
 
 
 def target_params(opt_state) -> Any | None:
-  """The target parameters held by the ``ema_target`` in ``opt_state``, or None if none."""
+  """The target parameters held by the ``ema_target`` in ``opt_state``, or None if none.
+
+  ``opt_state`` is the live optax state or one restored without its structure
+  (``checkpoint.read_state``), where an ``EmaTargetState`` is a dict of its fields.
+  ``mecjax.methods.teacher`` reads the whole teacher (parameters and BN statistics)."""
   found = []
+  fields = set(EmaTargetState._fields)
 
   def visit(node):
     if isinstance(node, EmaTargetState):
       found.append(node.target)
+      return
+    if isinstance(node, dict) and set(node) == fields:   # restored: {"count", "target"}
+      found.append(node["target"])
       return
     if isinstance(node, (tuple, list)):
       for child in node:
@@ -187,7 +194,7 @@ def make_tx(config, run, uses_target: bool, frozen=None):
   are zeroed, so they stay at their initial values. ``run``: the run's sizes
   (``global_batch``, ``steps_per_epoch``, ``total_steps``; ``methods.RunInfo``)."""
   peak = scaled_lr(config.optim.base_lr, run.global_batch)
-  warmup = configlib.duration(config.optim, "warmup", run.steps_per_epoch, default=0)
+  warmup = duration(config.optim, "warmup", run.steps_per_epoch, default=0)
   lr = warmup_cosine(peak, run.total_steps, warmup, config.optim.end_lr_factor * peak,
                      convention=config.optim.schedule)
   tx = make_optimizer(config.optim, lr)

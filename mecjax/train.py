@@ -241,7 +241,7 @@ def make_update(method, tx, lr, ema_momentum, probe_net, probe_tx, probe_on: boo
 
   def update(state: TrainState, views, labels):
     step = state.step
-    target = optim.target_params(state.opt_state)
+    target = methods.teacher.params(state)
 
     def loss_fn(params):
       return method.loss(params, state.model_state, target, views, step)

@@ -154,7 +154,7 @@ def test_linear_configs_hold_the_mec_recipe():
     assert c.linear.bn_eps == 1e-6 and c.linear.cache_features is cached
     assert (c.data.image_size, c.aug.name, tuple(c.aug.crop_scale)) == (size, recipe,
                                                                         (0.08, 1.0))
-    assert len(c.aug.blur_prob) == 1   # one view per image
+    assert len(c.aug.blur_prob) == c.aug.num_global_views == 1   # one view per image
   assert cfg("linear_cifar10.py:augment").linear.cache_features is False
   assert cfg("linear_imagenet.py:lars").optim.name == "lars"
   assert cfg("linear_imagenet.py").model.name == "resnet50"

@@ -18,8 +18,8 @@ Recipes (``config.aug.name``):
   (``host_ops``), colour, blur and solarize here; view 1 blur p=1, view 2 blur p=0.1 and
   solarize p=0.2 (MoCo v3 / official MEC).
 
-Multi-crop (``aug.num_local > 0``, SwAV): ``views`` returns the global views (one per entry of
-``aug.blur_prob``, ``data.image_size`` square, crop scale ``aug.crop_scale``) followed by
+Multi-crop (``aug.num_local > 0``, SwAV): ``views`` returns the ``aug.num_global_views``
+global views (``data.image_size`` square, crop scale ``aug.crop_scale``) followed by
 ``num_local`` local views (``aug.local_size`` square, crop scale ``aug.local_crop_scale``, the
 same jitter and grayscale, blur ``local_blur_prob``, solarize ``local_solarize_prob``). The
 global views' draws are those of a run without local views: the locals take the keys after
@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mecjax import configlib
 from mecjax.configlib import ConfigError
 from mecjax.data import host_ops
 
@@ -230,11 +231,8 @@ class Recipe:
   device part."""
 
   def __init__(self, cfg, image_size: int, seed: int):
-    if len(cfg.blur_prob) != len(cfg.solarize_prob):
-      raise ConfigError("config.aug.blur_prob and config.aug.solarize_prob need one entry "
-                       f"per view, got {cfg.blur_prob} and {cfg.solarize_prob}")
     self.cfg, self.size, self.seed = cfg, image_size, seed
-    self.num_global = len(cfg.blur_prob)
+    self.num_global = configlib.global_views(cfg)   # aug.num_global_views, checked
     self.num_local = check_local_views(cfg, image_size)
     self.local_size = cfg.local_size if self.num_local else None
     self.num_views = self.num_global + self.num_local

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from mecjax import models
-from mecjax.configlib import ConfigError
+from mecjax.methods import teacher
+from mecjax.configvalues import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +124,22 @@ class Method:
   # rule in its docstring.
   refuses_local_views: str | None = None
 
+  @staticmethod
+  def defaults() -> dict | None:
+    """The method's own config block, ``config.<name>``: its keys and defaults (values, or
+    ``config_dict.placeholder(type)`` for an unset key), or None for a method with no
+    constants of its own. ``configlib.base()`` adds the block of every method in
+    ``mecjax.methods.METHODS`` (and of every regulariser in ``REGULARIZERS``) to the schema,
+    so a new method declares its keys here and edits no global schema. Called once per
+    schema built: the dict and its placeholders must be new each call (a placeholder is a
+    shared reference)."""
+    return None
+
   def __init__(self, config, run: RunInfo):
     self.config, self.run = config, run
-    # Views arrive as the global ones (one per aug.blur_prob entry), then aug.num_local local
-    # ones (mecjax.data.augment).
-    self.num_global = len(config.aug.blur_prob)
+    # Views arrive as the aug.num_global_views global ones, then aug.num_local local ones
+    # (mecjax.data.augment).
+    self.num_global = int(config.aug.num_global_views)
     self.num_local = int(config.aug.get("num_local", 0) or 0)
     if self.num_local and self.refuses_local_views:
       raise ConfigError(f"config.aug.num_local={self.num_local}: {self.name} takes no local "
@@ -156,7 +168,7 @@ class Method:
     variables = self.net.init(rng, jnp.zeros(image_shape, jnp.float32), train=True)
     state = {"batch_stats": variables["batch_stats"]}
     if self.uses_target:
-      state["target_batch_stats"] = variables["batch_stats"]
+      state = teacher.init_stats(state, variables["batch_stats"])
     return variables["params"], state
 
   def encode(self, params, state, images, train: bool = False) -> jax.Array:
@@ -213,8 +225,8 @@ class Method:
     if self.num_global != expected or len(views) != expected + self.num_local:
       raise ValueError(
           f"{self.name} pairs {expected} global views and config.aug.num_local="
-          f"{self.num_local} local ones, got {len(views)} views (config.aug.blur_prob / "
-          f"solarize_prob set the number of global views: {self.num_global})")
+          f"{self.num_local} local ones, got {len(views)} views "
+          f"(config.aug.num_global_views={self.num_global})")
 
   def output(self, metrics: dict, state, online: list) -> LossOutput:
     """LossOutput with the stop-gradient features (probe) and embeddings of the global

@@ -39,13 +39,15 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from ml_collections import config_dict
 
 from mecjax import losses
-from mecjax.configlib import ConfigError
+from mecjax.configvalues import ConfigError
 from mecjax.losses.mec import l2_normalize
 from mecjax.methods import pairing
 from mecjax.methods.base import Method
 from mecjax.methods.regularizers import lamda_inv_schedule
+from mecjax.methods.teacher import TEACHER_STATS
 
 
 class MEC(Method):
@@ -53,6 +55,24 @@ class MEC(Method):
   uses_target = True
   schedule_metrics = ("lamda_inv", "lamda_scale")
   refuses_regularizers = ("mec",)
+
+  @staticmethod
+  def defaults():
+    # config.mec: also read by the "mec" regulariser (methods/regularizers.py).
+    return dict(
+        eps_sq=64.0,                    # official --eps: lamda_inv = batch * eps_sq / out_dim
+        order=4,
+        lamda_warmup_factor=8.0,        # lamda_inv warms up from factor x lamda_inv
+        lamda_warmup_steps=config_dict.placeholder(int),
+        lamda_warmup_epochs=config_dict.placeholder(float),
+        # "taylor": the official order-n series (diverges once ||C||_2 > 1); "logdet": the
+        # exact -(lamda_inv/m) log|det(I + C)| it approximates, bounded (losses.mec_logdet).
+        objective="taylor",
+        # Adaptive lamda_inv (method mec only): after each step lamda_inv's multiplier
+        # becomes max(1, scale ||C||_2 / adapt_bound) (losses.adapt_lamda_scale), kept in the
+        # method state; None: off. The series converges for ||C||_2 < 1.
+        adapt_bound=config_dict.placeholder(float),
+    )
 
   def __init__(self, config, run):
     super().__init__(config, run)
@@ -76,7 +96,7 @@ class MEC(Method):
   def objective(self, params, state, target, views, step):
     self.check_views(views)
     online, batch_stats = self.forward_views(params, state["batch_stats"], views)
-    teacher, target_stats = self.forward_views(target, state["target_batch_stats"],
+    teacher, target_stats = self.forward_views(target, state[TEACHER_STATS],
                                                views[:self.num_global], method="embed")
     t = [jax.lax.stop_gradient(o["embedding"]) for o in teacher]
     o = [out["prediction"] for out in online]
@@ -99,7 +119,7 @@ class MEC(Method):
         # The order-1 term of the loss is minus this mean positive-pair cosine.
         "pos_cosine": jax.lax.stop_gradient(sum(cosine(a, b) for a, b in pairs) / len(pairs)),
     }
-    new_state = {"batch_stats": batch_stats, "target_batch_stats": target_stats}
+    new_state = {"batch_stats": batch_stats, TEACHER_STATS: target_stats}
     if self.adapt_bound is not None:
       new_state["lamda_scale"] = losses.adapt_lamda_scale(state["lamda_scale"], c_norm,
                                                           self.adapt_bound)

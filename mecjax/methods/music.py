@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from mecjax import losses
-from mecjax.configlib import ConfigError
+from mecjax.configvalues import ConfigError
 from mecjax.methods.base import Method
 
 
@@ -24,6 +24,12 @@ class MUSIC(Method):
   name = "music"
   refuses_local_views = ("its objective is the joint distribution of one pair of twin views; "
                          "the MUSIC recipes have no multi-crop")
+
+  @staticmethod
+  def defaults():
+    # config.music: D_S (the projector width must split into >= 2 segments of it), the
+    # softmax temperature of each segment, the weight of the invariance term.
+    return dict(segment_size=32, temperature=1.0, invariance_weight=1.0)
 
   def __init__(self, config, run):
     super().__init__(config, run)

@@ -23,6 +23,12 @@ class BarlowTwins(Method):
   refuses_local_views = ("a batch-statistics criterion like VICReg's, with no published "
                          "multi-crop recipe")
 
+  @staticmethod
+  def defaults():
+    # config.barlow_twins: lambd weighs the off-diagonal terms (official 0.0051); the loss
+    # is multiplied by scale (official 1, solo-learn's CIFAR recipe 0.1).
+    return dict(lambd=0.0051, scale=1.0)
+
   def objective(self, params, state, target, views, step):
     self.check_views(views)
     cfg = self.config.barlow_twins
@@ -38,6 +44,12 @@ class VICReg(Method):
   name = "vicreg"
   refuses_local_views = ("its authors could not optimise the VICReg criterion with multi-crop "
                          "on ResNets, VICRegL section 3.2")
+
+  @staticmethod
+  def defaults():
+    # config.vicreg: weights of the invariance, variance and covariance terms (official
+    # 25 / 25 / 1).
+    return dict(sim_weight=25.0, var_weight=25.0, cov_weight=1.0)
 
   def objective(self, params, state, target, views, step):
     self.check_views(views)

@@ -25,8 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mecjax import configlib
-from mecjax.configlib import ConfigError
+from mecjax.configvalues import ConfigError, duration
 from mecjax import losses
 from mecjax import optim
 from mecjax.losses import ablation
@@ -39,11 +38,21 @@ def lamda_inv_schedule(mec_cfg, run, out_dim: int):
   (MEC itself and the ``mec`` regulariser alike). A warm-up longer than the run is cut off
   where the run ends, as the official array is read only up to its last step."""
   base = run.global_batch * mec_cfg.eps_sq / out_dim
-  warmup = configlib.duration(mec_cfg, "lamda_warmup", run.steps_per_epoch, default=0)
+  warmup = duration(mec_cfg, "lamda_warmup", run.steps_per_epoch, default=0)
   return optim.linspace_warmup(mec_cfg.lamda_warmup_factor * base, base, warmup)
 
 
-class MecRegularizer:
+class Regularizer:
+  """What the regularisers share: their own config block (``config.<name>``, as a method's:
+  ``Method.defaults``; None: none, e.g. ``mec`` reads MEC's ``config.mec``)."""
+  schedule_metrics = ()
+
+  @staticmethod
+  def defaults() -> dict | None:
+    return None
+
+
+class MecRegularizer(Regularizer):
   """``mean over pairs of mec_loss(a, b)`` and its logged figures."""
   schedule_metrics = ("lamda_inv",)
 
@@ -74,19 +83,24 @@ class MecRegularizer:
                    "c_norm": losses.mec_spectral_norm(a, b, lamda_inv=lamda_inv)}
 
 
-class E2mcRegularizer:
+class E2mcRegularizer(Regularizer):
   """``e2mc``: E2MC's effective-entropy criterion on the online embeddings of the two global
   views (``config.e2mc``), with gradient into them: VICReg's raw expander output, SwAV's
   un-normalised head output, SimSiam's projector output (before the predictor), MEC's
   projector output (METHODS.md names the tensor for each base). Logs ``entropy`` (the mean
   marginal entropy H, averaged over the views) and ``cov`` (Cov1 + Cov2) separately."""
-  schedule_metrics = ()
+
+  @staticmethod
+  def defaults():
+    # config.e2mc: gamma (Cov1 + Cov2) - beta (H1 + H2) / 2 on the embeddings squashed by
+    # `transform` (losses.entropy.TRANSFORMS); eps inside the m-spacings log.
+    return dict(beta=1.0, gamma=1.0, transform="sigmoid", eps=1e-7)
 
   def __init__(self, config, run):
     self.cfg = config.e2mc
     if self.cfg.transform not in TRANSFORMS:
-      raise configlib.ConfigError(f"config.e2mc.transform={self.cfg.transform!r}: expected one "
-                                  f"of {list(TRANSFORMS)}")
+      raise ConfigError(f"config.e2mc.transform={self.cfg.transform!r}: expected one "
+                        f"of {list(TRANSFORMS)}")
 
   def __call__(self, pairs, embeddings, step, local=()):
     if len(embeddings) < 2:
@@ -105,10 +119,15 @@ def _global_pair(embeddings, name):
   return embeddings[:2]
 
 
-class VcRegularizer:
+class VcRegularizer(Regularizer):
   """``vc``: ``mu std + nu cov`` (``losses.vc_loss``) on the two global views' head outputs
   (L2-normalised first in the official ``hypersphere`` space); ``config.vc``."""
-  schedule_metrics = ()
+
+  @staticmethod
+  def defaults():
+    # config.vc: std_weight x VICReg's std hinge + cov_weight x its covariance, in the
+    # "hypersphere" (L2-normalised, std target 1/sqrt(D)) or "projector" (raw, target 1) space.
+    return dict(std_weight=0.1, cov_weight=0.001, space="hypersphere")
 
   def __init__(self, config, run):
     self.cfg = config.vc
@@ -123,10 +142,15 @@ class VcRegularizer:
     return loss, {"loss": sg(loss), "std": sg(terms["std"]), "cov": sg(terms["cov"])}
 
 
-class AuRegularizer:
+class AuRegularizer(Regularizer):
   """``au``: uniformity over each global view's pairs, averaged over the two views, plus
   ``config.au.align_weight`` x their alignment (``losses.au_loss``); ``config.au``."""
-  schedule_metrics = ()
+
+  @staticmethod
+  def defaults():
+    # config.au: uniformity at temperature t over each view's pairs, + align_weight x
+    # Wang & Isola's alignment (0 in the official ablation script).
+    return dict(t=2.0, align_weight=0.0)
 
   def __init__(self, config, run):
     self.cfg = config.au
@@ -138,10 +162,9 @@ class AuRegularizer:
                   **{k: jax.lax.stop_gradient(v) for k, v in terms.items()}}
 
 
-class MmcrRegularizer:
+class MmcrRegularizer(Regularizer):
   """``mmcr``: minus the nuclear norm of the per-image centroids of every view, global and
   local (``losses.mmcr_loss``)."""
-  schedule_metrics = ()
 
   def __init__(self, config, run):
     pass

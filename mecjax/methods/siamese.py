@@ -28,6 +28,7 @@ from mecjax import losses
 from mecjax.losses.siamese import cosine
 from mecjax.methods import pairing
 from mecjax.methods.base import Method
+from mecjax.methods.teacher import TEACHER_STATS
 
 
 def _pos_cosine(pairs):
@@ -55,7 +56,7 @@ class BYOL(Method):
   def objective(self, params, state, target, views, step):
     self.check_views(views)
     online, batch_stats = self.forward_views(params, state["batch_stats"], views)
-    teacher, target_stats = self.forward_views(target, state["target_batch_stats"],
+    teacher, target_stats = self.forward_views(target, state[TEACHER_STATS],
                                                views[:self.num_global], method="embed")
     t = [jax.lax.stop_gradient(out["embedding"]) for out in teacher]
     pairs = [(online[v]["prediction"], t[g])
@@ -63,5 +64,5 @@ class BYOL(Method):
     # The mean over pairs times 2: the official two-direction sum when there are two views.
     loss = 2 * sum(losses.byol_loss(p, z) for p, z in pairs) / len(pairs)
     metrics = {"pos_cosine": _pos_cosine(pairs)}
-    state = {"batch_stats": batch_stats, "target_batch_stats": target_stats}
+    state = {"batch_stats": batch_stats, TEACHER_STATS: target_stats}
     return loss, self.output(metrics, state, online), pairs

@@ -35,6 +35,11 @@ def contrastive_accuracy(z1, z2):
 class SimCLR(Method):
   name = "simclr"
 
+  @staticmethod
+  def defaults():
+    # config.simclr: the NT-Xent temperature.
+    return dict(temperature=0.2)
+
   def objective(self, params, state, target, views, step):
     self.check_views(views)
     online, batch_stats = self.forward_views(params, state["batch_stats"], views)

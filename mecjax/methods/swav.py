@@ -31,8 +31,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from ml_collections import config_dict
 
-from mecjax import configlib
+from mecjax.configvalues import duration
 from mecjax import losses
 from mecjax import models
 from mecjax.losses.mec import l2_normalize
@@ -59,13 +60,25 @@ def normalize_prototypes(kernel):
 class SwAV(Method):
   name = "swav"
 
+  @staticmethod
+  def defaults():
+    # config.swav: K prototypes, the softmax temperature of the predictions, Sinkhorn-Knopp's
+    # epsilon and iterations, the queue of past head outputs (used from queue_start on) and
+    # how long the prototypes stay frozen from the start (both unset: 0).
+    placeholder = config_dict.placeholder
+    return dict(num_prototypes=3000, temperature=0.1, epsilon=0.05, iterations=3,
+                queue_size=3840,      # rounded down to a multiple of the global batch; 0: none
+                queue_start_steps=placeholder(int), queue_start_epochs=placeholder(float),
+                freeze_prototypes_steps=placeholder(int),
+                freeze_prototypes_epochs=placeholder(float))
+
   def __init__(self, config, run):
     super().__init__(config, run)
     cfg = config.swav
     spe = run.steps_per_epoch
     self.queue_len = cfg.queue_size - cfg.queue_size % run.global_batch if cfg.queue_size else 0
-    self.queue_start = configlib.duration(cfg, "queue_start", spe, default=0)
-    self.freeze_steps = configlib.duration(cfg, "freeze_prototypes", spe, default=0)
+    self.queue_start = duration(cfg, "queue_start", spe, default=0)
+    self.freeze_steps = duration(cfg, "freeze_prototypes", spe, default=0)
     self.width = config.projector.out_dim
 
   def build_network(self):

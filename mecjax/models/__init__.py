@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
-from mecjax.configlib import ConfigError
+from mecjax.configvalues import ConfigError
 from mecjax.models.heads import MLPHead
 from mecjax.models.norm import BatchNorm
 from mecjax.models.resnet import KERNELS, ResNet, resnet18, resnet50

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mecjax.configlib import ConfigError
+from mecjax.configvalues import ConfigError
 from mecjax.models.norm import BatchNorm
 
 # kaiming_uniform_(a=sqrt(5)) == U(-1/sqrt(fan_in), 1/sqrt(fan_in)).

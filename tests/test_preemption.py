@@ -1,6 +1,7 @@
 """Preemption and faults, through the command line: a real SIGTERM between two scheduled
 checkpoints (checkpoint at that step, exit 75, the rerun ends as an uninterrupted run), a
-second signal during the save, a damaged newest checkpoint (moved aside, resumed from the
+kill -9 (only the steps since the last checkpoint are lost), the same on two processes
+(launch/local.sh 2), a second signal during the save, a damaged newest checkpoint (moved aside, resumed from the
 one before), a busy workdir and a stale lock, truncated archives, zero / negative values,
 and a disk-full error injected into a checkpoint write (README "Preemption and faults")."""
 
@@ -87,9 +88,30 @@ def wait_for_step(proc, workdir, step, timeout=300):
   raise AssertionError(f"the run did not reach step {step} (exit {proc.poll()})")
 
 
+# The two-process run below saves every 10 steps (10, 16): a stop requested at step 2 lands
+# before step 10 even when the processes agree on it late, and a kill -9 once the step-10
+# checkpoint exists leaves 6 steps to go, so it lands before the end.
+EVERY_10 = "--config.checkpoint.every_steps=10"
+
+
+def wait_for_checkpoint(proc, workdir, after: int, timeout=300):
+  """Until a checkpoint later than step ``after`` is complete (orbax renames it into place)."""
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if checkpoints(workdir) and checkpoints(workdir)[-1] > after:
+      return checkpoints(workdir)[-1]
+    time.sleep(0.02)
+  raise AssertionError(f"no checkpoint after step {after} (exit {proc.poll()}, "
+                       f"checkpoints {checkpoints(workdir)})")
+
+
 @pytest.mark.slow
-def test_sigterm_saves_the_current_step_and_the_rerun_ends_as_an_uninterrupted_run(
+def test_sigterm_saves_the_current_step_a_kill_9_loses_only_the_steps_since_a_checkpoint(
     reference, tmp_path, archive, compile_cache):
+  """SIGTERM between scheduled checkpoints saves that step and exits 75; the rerun resumes
+  there; a kill -9 of the rerun once it saved step 12 loses the steps after it; the third run
+  resumes from that checkpoint and ends with the uninterrupted run's metrics (rtol 1e-6:
+  a resume is bit-for-bit)."""
   workdir = tmp_path / "run"
   proc = start(workdir, archive, compile_cache)
   wait_for_step(proc, workdir, 2)
@@ -107,11 +129,20 @@ def test_sigterm_saves_the_current_step_and_the_rerun_ends_as_an_uninterrupted_r
   assert checkpoints(workdir) == [stopped] and 2 <= stopped < 12, checkpoints(workdir)
   assert f"stopped by SIGTERM at step {stopped}" in err.strip().splitlines()[-1]
   assert read_metrics(workdir)[-1]["step"] == stopped   # flushed up to the saved step
+
+  proc = start(workdir, archive, compile_cache)
+  saved = wait_for_checkpoint(proc, workdir, stopped)
+  proc.kill()
+  out, err = proc.communicate(timeout=60)
+  assert f"resumed from {workdir}/checkpoints/{stopped}" in out
+  killed_at = checkpoints(workdir)[-1]
+  assert saved == 12 and 12 <= killed_at < 16, checkpoints(workdir)
+
   resumed = ok(run_main(SMOKE, workdir, f"--config.data.path={archive}", *ARGS,
                         cache=compile_cache))
-  assert f"resumed from {workdir}/checkpoints/{stopped}" in resumed.stdout
+  assert f"resumed from {workdir}/checkpoints/{killed_at}" in resumed.stdout
   same_metrics(reference, workdir)
-  assert checkpoints(workdir) == [stopped, 12, 16]
+  assert checkpoints(workdir)[-2:] == [12, 16]
 
 
 @pytest.mark.slow
@@ -315,14 +346,17 @@ def test_lease_fallback_where_flock_is_missing(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_two_processes_stop_on_a_signal_to_the_launcher_at_one_agreed_step(
+def test_two_processes_stop_together_and_a_kill_9_of_one_stops_the_other(
     reference, tmp_path, archive, compile_cache):
-  """kill -TERM of launch/local.sh 2: both processes save the same step and exit 75, the
-  launcher with them; the relaunch ends as the 1-process run (the 2-process tolerance of
-  test_train: another reduction order)."""
+  """launch/local.sh 2, each process feeding half of the global batch. (1) kill -TERM of the
+  launcher: both processes save the same step and exit 75, the launcher with them. (2) The
+  relaunch resumes both; a kill -9 of process 1 once a scheduled checkpoint exists fails the
+  launch (exit 137) and stops process 0. (3) The same command resumes both again and the run
+  ends as the 1-process run (to another reduction order's tolerance)."""
   workdir = tmp_path / "two"
   cmd = ["bash", "launch/local.sh", "2", f"--config={SMOKE}", f"--workdir={workdir}",
-         f"--config.data.path={archive}", *ARGS, "--config.checkpoint.stop_check_every_steps=2"]
+         f"--config.data.path={archive}", *ARGS, EVERY_10,
+         "--config.checkpoint.stop_check_every_steps=2"]
   env = {**cli_env(1, compile_cache), "PYTHON": sys.executable}
   launcher = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
@@ -335,12 +369,30 @@ def test_two_processes_stop_on_a_signal_to_the_launcher_at_one_agreed_step(
   stops = [line for line in err.splitlines() if "stopped by SIGTERM at step" in line]
   assert len(stops) == 2 and len({s.split("at step ")[1].split(":")[0] for s in stops}) == 1
   stopped = checkpoints(workdir)[-1]
-  assert checkpoints(workdir) == [stopped] and stopped < 12 and f"step {stopped}:" in stops[0]
+  assert checkpoints(workdir) == [stopped] and stopped < 10 and f"step {stopped}:" in stops[0]
+
+  err_path = tmp_path / "second_launch.err"
+  with open(err_path, "w") as err_file:
+    launcher = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=err_file)
+    wait_for_checkpoint(launcher, workdir, stopped, timeout=600)
+    # local.sh prints "launch/local.sh: process I: pid P" for each process it starts.
+    pids = dict(line.split("process ", 1)[1].split(": pid ")
+                for line in err_path.read_text().splitlines() if ": pid " in line)
+    os.kill(int(pids["1"]), signal.SIGKILL)
+    launcher.wait(timeout=120)
+  assert launcher.returncode == 137, err_path.read_text()[-3000:]
+  assert not Path(f"/proc/{pids['0']}").exists(), "process 0 outlived the launcher"
+  killed_at = checkpoints(workdir)[-1]
+  assert 10 <= killed_at < 16, checkpoints(workdir)
+
   resumed = ok(subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=900))
-  assert f"resumed from {workdir}/checkpoints/{stopped}" in resumed.stdout
+  assert "2 process(es), 2 device(s)" in resumed.stdout
+  assert f"resumed from {workdir}/checkpoints/{killed_at}" in resumed.stdout
   rows_a, rows_b = read_metrics(reference), read_metrics(workdir)
   assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
   for k in ("loss", "lr", "ema_momentum"):
     np.testing.assert_allclose([r[k] for r in rows_b], [r[k] for r in rows_a], rtol=5e-3)
   np.testing.assert_allclose(rows_b[-1]["knn_top1"], rows_a[-1]["knn_top1"], atol=2 / 128)
+  assert checkpoints(workdir)[-2:] == [10, 16]

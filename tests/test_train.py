@@ -1,13 +1,12 @@
-"""End to end, through the command line as users run it: smoke runs, 1 vs 8 devices, 2
-processes, kill -9 and resume, the NaN guard, bad input, and training without TensorFlow."""
+"""End to end, through the command line as users run it: smoke runs, 1 vs 8 devices, the
+NaN guard, bad input, and training without TensorFlow. Kill -9 and resume, on one process
+and on two (launch/local.sh 2), are in test_preemption.py with the signals."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -100,61 +99,6 @@ def test_eight_devices_match_one(smoke_run, tmp_path, cifar_path, compile_cache)
   ok(run_main(CIFAR_SMOKE, workdir, f"--config.data.path={cifar_path}", devices=8,
               cache=compile_cache))
   assert_same_metrics(smoke_run[0], workdir, late_rtol=2e-3)
-
-
-@pytest.mark.slow
-def test_kill_9_then_rerun_resumes_and_ends_like_an_uninterrupted_run(
-    smoke_run, tmp_path, cifar_path, compile_cache):
-  workdir = tmp_path / "killed"
-  cmd = [sys.executable, "-m", "mecjax.main", f"--config={CIFAR_SMOKE}", f"--workdir={workdir}",
-         f"--config.data.path={cifar_path}"]
-  proc = subprocess.Popen(cmd, cwd=REPO, env=cli_env(1, compile_cache),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not checkpoints(workdir) and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
-  assert checkpoints(workdir), "no checkpoint was written before the kill"
-  assert checkpoints(workdir)[-1] < 12, "the run finished before it could be killed"
-  resumed = ok(run_main(CIFAR_SMOKE, workdir, f"--config.data.path={cifar_path}",
-                        cache=compile_cache))
-  assert "resumed from" in resumed.stdout
-  assert_same_metrics(smoke_run[0], workdir, rtol=1e-6)
-
-
-@pytest.mark.slow
-def test_two_processes_killed_and_relaunched_match_one_process(smoke_run, tmp_path, cifar_path,
-                                                               compile_cache):
-  """launch/local.sh 2 (each process feeds half of the global batch): a kill -9 of one
-  process once a checkpoint exists fails the launch and stops the other; the same command
-  resumes both, and the run ends with the 1-process run's metrics (one launch serves both
-  checks, since a resume is bit-for-bit)."""
-  workdir = tmp_path / "two"
-  cmd = ["bash", "launch/local.sh", "2", f"--config={CIFAR_SMOKE}", f"--workdir={workdir}",
-         f"--config.data.path={cifar_path}"]
-  env = {**cli_env(1, compile_cache), "PYTHON": sys.executable}
-  err_path = tmp_path / "first_launch.err"
-  with open(err_path, "w") as err:
-    launcher = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
-    deadline = time.time() + 600
-    while not checkpoints(workdir) and launcher.poll() is None and time.time() < deadline:
-      time.sleep(0.05)
-    first_err = err_path.read_text()
-    assert launcher.poll() is None, f"the launch ended before a checkpoint\n{first_err[-3000:]}"
-    # local.sh prints "launch/local.sh: process I: pid P" for each process it starts.
-    pids = dict(line.split("process ", 1)[1].split(": pid ")
-                for line in first_err.splitlines() if ": pid " in line)
-    os.kill(int(pids["1"]), signal.SIGKILL)
-    launcher.wait(timeout=120)
-  assert launcher.returncode == 137, err_path.read_text()[-3000:]
-  assert not Path(f"/proc/{pids['0']}").exists(), "process 0 outlived the launcher"
-  assert checkpoints(workdir) and checkpoints(workdir)[-1] < 12, checkpoints(workdir)
-  resumed = ok(subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=900))
-  assert "2 process(es), 2 device(s)" in resumed.stdout and "resumed from" in resumed.stdout
-  assert_same_metrics(smoke_run[0], workdir, acc_atol=1 / 128, late_rtol=2e-3)
-  assert checkpoints(workdir) == [5, 10, 12]
 
 
 @pytest.mark.slow

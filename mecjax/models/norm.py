@@ -30,8 +30,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mecjax.models import platform
-
 
 class BatchNorm(nn.Module):
   """Batch normalisation over all leading axes.
@@ -87,7 +85,13 @@ class BatchNorm(nn.Module):
 def _dispatch(kernels: str, cpu, plain, *args):
   """``cpu(*args)`` or ``plain(*args)`` as ``kernels`` says; "auto": per lowering platform
   (only the lowering platform's branch, and its gradient, reaches the compiled program)."""
-  return platform.dispatch(kernels, cpu, plain, *args)
+  if kernels == "cpu":
+    return cpu(*args)
+  if kernels == "xla":
+    return plain(*args)
+  if kernels != "auto":
+    raise ValueError(f"kernels={kernels!r}: expected one of ('auto', 'cpu', 'xla')")
+  return jax.lax.platform_dependent(*args, cpu=cpu, default=plain)
 
 
 def _moments_plain(x):

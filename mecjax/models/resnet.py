@@ -19,9 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mecjax.models import platform
 from mecjax.models.norm import BatchNorm
-from mecjax.models.platform import KERNELS, check_kernels  # noqa: F401  (public names)
 
 # torchvision's ResNet init: kaiming_normal_(mode='fan_out', nonlinearity='relu').
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -30,10 +28,17 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # Which convolution and BatchNorm kernels run (``config.model.kernels``): "cpu" the ones
 # arranged for XLA:CPU below, "xla" plain ``lax.conv_general_dilated`` with autodiff and the
 # plain BatchNorm formula, "auto" the CPU ones where the computation is lowered for the CPU
-# and the plain ones for every other platform, decided per lowering platform
-# (``mecjax.models.platform``), not by the machine running Python, so a step exported for
-# cuda or tpu from a CPU host is the step an accelerator runs. The parameters are the same
-# whichever runs.
+# and the plain ones for every other platform. "auto" is decided per lowering platform
+# (``jax.lax.platform_dependent``), not by the machine running Python, so a step exported
+# for cuda or tpu from a CPU host is the step an accelerator runs. The parameters are the
+# same whichever runs.
+KERNELS = ("auto", "cpu", "xla")
+
+
+def check_kernels(kernels: str) -> str:
+  if kernels not in KERNELS:
+    raise ValueError(f"kernels={kernels!r}: expected one of {KERNELS}")
+  return kernels
 
 
 def _conv(features, kernel, stride=1, name=None, dtype=None, kernels="auto"):
@@ -63,10 +68,15 @@ def conv(x, kernel, stride: int, pad: int, kernels: str = "auto"):
   """NHWC x HWIO convolution, strides ``(stride, stride)``, symmetric padding ``pad``:
   ``conv2d`` (kernels "cpu"), the plain ``lax.conv_general_dilated`` ("xla"), or per
   lowering platform ("auto": ``conv2d`` on cpu, the plain one elsewhere)."""
-  # Under "auto" only the lowering platform's branch (forward and gradient) reaches the
-  # compiled program, so no while loop of ``conv2d`` reaches a GPU or TPU program.
-  return platform.dispatch(kernels, lambda x, k: conv2d(x, k, stride, pad),
-                           lambda x, k: _conv2d(x, k, stride, pad), x, kernel)
+  if check_kernels(kernels) == "cpu":
+    return conv2d(x, kernel, stride, pad)
+  if kernels == "xla":
+    return _conv2d(x, kernel, stride, pad)
+  # Both branches are traced; lowering for one platform keeps only that platform's branch
+  # (forward and gradient), so no while loop of ``conv2d`` reaches a GPU or TPU program.
+  return jax.lax.platform_dependent(
+      x, kernel, cpu=lambda x, k: conv2d(x, k, stride, pad),
+      default=lambda x, k: _conv2d(x, k, stride, pad))
 
 
 # ------------------------------------------------------------- convolution for XLA:CPU

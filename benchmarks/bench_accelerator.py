@@ -19,9 +19,11 @@ wall-clock time to it. Images: the CIFAR-10 JPEG archive (--data; by default the
 the repository when present) or, without it, synthetic images (the kNN figure is then
 chance, the timings still hold).
 
-``--tiny`` runs the same code at tiny sizes, the kernel comparison and the batch search on
-the first case only (a CPU finishes it in a minute or two) so a test
-keeps the script working. Writes DIR/bench_accelerator.json and prints a markdown table.
+``--tiny`` runs the same code at tiny sizes (ResNets at width 1/16, 16/32 px, one timed
+step, one batch doubling, a 2-step run on 64 images; LLVM at -O0 unless XLA_FLAGS sets a
+level), the kernel comparison and the batch search on the first case only, so a test keeps
+the script working: its eight step compilations are nearly all of its time (about 5 minutes
+on a loaded 2-core CPU, 2026-12-02; 8.6 before these sizes). Writes DIR/bench_accelerator.json and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -30,14 +32,23 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# --tiny runs each program once or twice, so LLVM's optimisation is most of its time: -O0
+# there unless the caller chose a level (read by XLA when JAX starts its backend, so before
+# ``import jax``). The accelerator runs keep XLA's defaults.
+if "--tiny" in sys.argv[1:]:
+  _flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_backend_optimization_level" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_backend_optimization_level=0").strip()
 
-from mecjax import configlib, evaluators, lowering, parallel
-from mecjax.data import sources
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mecjax import configlib, evaluators, lowering, parallel  # noqa: E402
+from mecjax.data import sources  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA = os.path.join(REPO, "..", "shared", "data", "cifar10-jpeg.tar.gz")
@@ -50,6 +61,12 @@ CASES = [("CIFAR ResNet-18 fp32", "configs/mec_cifar10.py", "float32", None, 512
          ("CIFAR ResNet-18 bf16", "configs/mec_cifar10.py", "bfloat16", None, 512),
          ("ResNet-50 224 bf16", "configs/mec_imagenet.py", "bfloat16", 256, None),
          ("ViT-S/16 224 bf16", "configs/mec_imagenet_vit.py:vit_s", "bfloat16", 256, None)]
+
+
+# --tiny: the ResNets at 4 channels in the first stage (every block type, a fraction of the
+# compile time of the smoke width); the training run's images and batch.
+TINY_WIDTH = 0.0625
+TINY_RUN = {"train": 64, "test": 32, "batch": 16, "side": 16}
 
 
 def peak_flops(device) -> float | None:
@@ -70,6 +87,8 @@ def case_config(spec: str, dtype: str, kernels: str, tiny: bool):
   config.model.kernels = kernels
   if tiny:
     config.data.image_size = 16 if "cifar" in spec else 32
+    if config.model.name != "vit_small":   # the smoke ViT is already 48 wide, 2 blocks deep
+      config.model.width = TINY_WIDTH
   return config
 
 
@@ -150,7 +169,7 @@ def bench_cases(a, devices) -> list[dict]:
 
 def load_cifar(path: str | None, tiny: bool, side: int):
   """(train images, labels, test images, labels, source) as uint8 / int32 numpy arrays."""
-  n_train, n_test = (512, 256) if tiny else (None, None)
+  n_train, n_test = (TINY_RUN["train"], TINY_RUN["test"]) if tiny else (None, None)
   if path and os.path.exists(path):
     cfg = configlib.base().data
     cfg.path = path
@@ -168,7 +187,9 @@ def training_run(a, devices) -> dict:
   """MEC on CIFAR-10, data in device memory, then kNN; times from the first step."""
   config = configlib.load("configs/mec_cifar10.py" + (":smoke" if a.tiny else ""))
   config.model.dtype = a.run_dtype
-  batch = 64 if a.tiny else config.batch_size
+  if a.tiny:
+    config.model.width, config.data.image_size = TINY_WIDTH, TINY_RUN["side"]
+  batch = TINY_RUN["batch"] if a.tiny else config.batch_size
   side = config.data.image_size
   t0 = time.time()
   x_tr, y_tr, x_te, y_te, origin = load_cifar(a.data, a.tiny, side)
@@ -248,9 +269,9 @@ def main() -> None:
   p.add_argument("--run-steps", type=int, default=None, help="steps of the CIFAR-10 run")
   p.add_argument("--run-dtype", default="bfloat16")
   a = p.parse_args()
-  a.steps = a.steps or (2 if a.tiny else 10)
+  a.steps = a.steps or (1 if a.tiny else 10)
   a.max_doublings = a.max_doublings if a.max_doublings is not None else (1 if a.tiny else 3)
-  a.run_steps = a.run_steps or (3 if a.tiny else 500)
+  a.run_steps = a.run_steps or (2 if a.tiny else 500)
   devices = jax.devices()
   t = time.time()
   result = {"date": time.strftime("%Y-%m-%d"), "backend": jax.default_backend(),

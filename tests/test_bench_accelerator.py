@@ -2,6 +2,7 @@
 documents (so the accelerator benchmark cannot rot between accelerator sessions)."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ RUN_FIELDS = {"data", "train_images", "test_images", "global_batch", "steps", "d
 @pytest.mark.slow
 def test_tiny_run_writes_every_field(tmp_path):
   root = tmp_path / "tree"
-  write_image_tree(root, {"train": 8, "test": 4}, top="cifar10")
+  write_image_tree(root, {"train": 4, "test": 2}, top="cifar10")   # 40 / 20 images
   archive = tar_tree(root, tmp_path / "cifar10.tar.gz", True)
   out = tmp_path / "out"
   proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_accelerator.py"),
@@ -45,6 +46,7 @@ def test_tiny_run_writes_every_field(tmp_path):
       assert r["images_per_sec_xla"] is None and r["largest_per_device_batch"] is None
   run = result["run"]
   assert RUN_FIELDS <= set(run), RUN_FIELDS - set(run)
-  assert run["data"] == str(archive) and run["train_images"] == 80
+  assert run["data"] == str(archive) and run["train_images"] == 40 and run["test_images"] == 20
+  assert run["steps"] == 2 and run["global_batch"] == 16 and math.isfinite(run["final_loss"])
   assert 0.0 <= run["knn_top1"] <= 1.0 and run["seconds_to_knn"] > run["train_seconds"] > 0
   assert "| CIFAR ResNet-18 bf16 |" in proc.stdout and "kNN top-1" in proc.stdout

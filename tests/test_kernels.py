@@ -127,15 +127,45 @@ def network_outputs(net, side, kernels, dtype=None, batch=16, x64=False):
 
 
 # Sizes where the last stage still normalises over >= 64 values per channel (fewer makes
-# BatchNorm's gradient ill-conditioned, and any two summation orders then disagree).
+# BatchNorm's gradient ill-conditioned, and any two summation orders then disagree). Their
+# cost is compilation (53 or 20 layers; running them takes well under a second), which
+# narrower or smaller inputs hardly shorten: measured, a ResNet-50 at width 1/16, 32 px,
+# batch 4 compiles in ~60% of the time of this one, and its CPU-kernel features drift to
+# 1.3e-3 from float64, too close to the 2e-3 bound below.
 NETS = {"resnet18_cifar": (lambda: resnet18(cifar_stem=True, width=0.125), 32),
         "resnet50": (lambda: resnet50(width=0.125), 64)}
+
+_OUTPUTS = {}
+
+
+def outputs(name, kernels, dtype=None):
+  """``network_outputs`` of ``NETS[name]``, computed once per module (float64: with
+  ``x64``) and shared by the tests below: each is a whole-network compilation. The tests
+  that read them share one pytest-xdist worker (``xdist_group``)."""
+  key = (name, kernels, jnp.dtype(dtype).name if dtype is not None else None)
+  if key not in _OUTPUTS:
+    build, side = NETS[name]
+    if dtype == jnp.float64:
+      with jax.enable_x64(True):
+        v, y, s, g = network_outputs(build(), side, kernels, dtype, x64=True)
+        _OUTPUTS[key] = jax.tree.map(lambda a: np.asarray(a, np.float64), (v, y, s, g))
+    else:
+      _OUTPUTS[key] = network_outputs(build(), side, kernels, dtype)
+  return _OUTPUTS[key]
 
 
 def flat64(tree):
   return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
 
 
+NETWORK_TESTS = pytest.mark.xdist_group("kernels_networks")
+
+
+# Moved to the slow tier (issue 17: the fast tier's budget): three whole-network
+# compilations each (ResNet-50: ~100 s on the CI machine); the per-layer tests above keep
+# every stride/kernel case in the fast tier.
+@pytest.mark.slow
+@NETWORK_TESTS
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_networks_cpu_and_xla_are_close_to_float64(name):
   # A narrow network's float32 gradient is itself ill-conditioned at a size this test can
@@ -146,42 +176,39 @@ def test_networks_cpu_and_xla_are_close_to_float64(name):
   # from float64 by up to 5e-4. So each kernel set is judged against float64: a wrong kernel
   # (a transposed tap, a stride-2 phase, a missing BatchNorm term) is off by O(1). The
   # per-layer tests above hold each kernel to float32 rounding.
-  build, side = NETS[name]
-  v_cpu, y_cpu, s_cpu, g_cpu = network_outputs(build(), side, "cpu")
-  v_xla, y_xla, s_xla, g_xla = network_outputs(build(), side, "xla")
+  v_cpu, y_cpu, s_cpu, g_cpu = outputs(name, "cpu")
+  v_xla, y_xla, s_xla, g_xla = outputs(name, "xla")
   # The same variables (names, shapes, initial values) whichever kernels.
   assert_trees_close(v_cpu, v_xla, 0.0)
   assert_trees_close(s_cpu, s_xla, 1e-3)   # running statistics after one train-mode call
-  with jax.enable_x64(True):
-    _, y64, _, g64 = network_outputs(build(), side, "xla", jnp.float64, x64=True)
-  y64, g64 = np.asarray(y64, np.float64), flat64(g64)
+  _, y64, _, g64 = outputs(name, "xla", jnp.float64)
+  g64 = flat64(g64)
   for y, g in ((y_cpu, g_cpu), (y_xla, g_xla)):
     assert rel(y, y64) < 2e-3
     assert rel(flat64(g), g64) < 0.1, rel(flat64(g), g64)
 
 
+@pytest.mark.slow   # two bfloat16 whole-network compilations (the float32 one is shared)
+@NETWORK_TESTS
 def test_networks_agree_in_bfloat16():
   # bfloat16 gradients of a whole network are themselves ~0.3-0.4 (relative) from the
   # float32 ones here, so the kernels must agree in features, and be equally close to the
   # float32 gradient (neither path's rounding worse than the other's by more than 1.5x).
-  build, side = NETS["resnet18_cifar"]
-  _, *cpu = network_outputs(build(), side, "cpu", jnp.bfloat16)
-  _, *xla = network_outputs(build(), side, "xla", jnp.bfloat16)
-  _, *ref = network_outputs(build(), side, "xla")
+  _, *cpu = outputs("resnet18_cifar", "cpu", jnp.bfloat16)
+  _, *xla = outputs("resnet18_cifar", "xla", jnp.bfloat16)
+  _, *ref = outputs("resnet18_cifar", "xla")
   assert cpu[0].dtype == jnp.float32
   assert rel(cpu[0], xla[0]) < BF16_NET
-  flat = lambda t: np.concatenate([np.ravel(np.asarray(x, np.float64))
-                                   for x in jax.tree.leaves(t)])
-  e_cpu, e_xla = rel(flat(cpu[2]), flat(ref[2])), rel(flat(xla[2]), flat(ref[2]))
+  e_cpu, e_xla = rel(flat64(cpu[2]), flat64(ref[2])), rel(flat64(xla[2]), flat64(ref[2]))
   assert e_cpu < 1.5 * e_xla and e_xla < 1.5 * e_cpu, (e_cpu, e_xla)
 
 
+@NETWORK_TESTS
 def test_auto_runs_the_cpu_kernels_on_cpu():
   assert jax.default_backend() == "cpu"
-  build, side = NETS["resnet18_cifar"]
-  _, *auto = network_outputs(build(), side, "auto")
-  _, *cpu = network_outputs(build(), side, "cpu")
-  _, *xla = network_outputs(build(), side, "xla")
+  _, *auto = outputs("resnet18_cifar", "auto")
+  _, *cpu = outputs("resnet18_cifar", "cpu")
+  _, *xla = outputs("resnet18_cifar", "xla")
   assert resnet50().kernels == "auto" and BatchNorm().kernels == "auto"
   assert rel(auto[0], cpu[0]) < 1e-6
   assert_trees_close(auto[2], cpu[2], 1e-5)

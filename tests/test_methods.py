@@ -187,12 +187,21 @@ METHOD_SMOKES = ["music_cifar10.py:smoke", "simsiam_cifar10.py:smoke",
                  "vicreg_cifar10.py:smoke", "swav_cifar10.py:smoke", "simclr_cifar10.py:smoke,mec"]
 
 
-def run_updates(spec, mesh, steps=3):
+def run_updates(spec, mesh, steps=2):
   """Metrics of ``steps`` train updates (the loop's ``make_update``) on fixed views, with
-  the state replicated and the batch split over ``mesh``."""
+  the state replicated and the batch split over ``mesh``.
+
+  The encoder is a one-block ViT: what differs between the methods is their heads and loss
+  (cross-device negatives, Sinkhorn, queue, the heads' BatchNorm), and a ResNet-18 doubles
+  the compilation (CI time). The ResNet's synchronised BatchNorm on 1 vs 8 devices is
+  compared in tests/test_multicrop.py (MEC) and tests/test_train.py (command line)."""
   config = configlib.load(str(REPO / "configs" / spec))
   with config.unlocked():
-    config.swav.queue_size = 4 * BATCH      # two global batches: used from the third step
+    config.model.name = "vit_tiny_cifar"
+    config.model.depth = 1
+    config.model.width = 0.25               # 48 wide (a multiple of 4 and of its one head)
+    config.model.num_heads = 1
+    config.swav.queue_size = 2 * BATCH      # one global batch: full after the first step
     config.swav.queue_start_steps = 0
   # The rng draws each step's views, then its labels (sharded_updates), as before.
   return sharded_updates(
@@ -216,7 +225,7 @@ def test_every_method_updates_alike_on_one_and_eight_devices(spec):
         continue
       np.testing.assert_allclose(b[k], a[k], rtol=2e-4, atol=1e-5, err_msg=f"{spec} {k}@{i}")
   if spec.startswith("swav"):
-    assert [float(m["queue_in_use"]) for m in one] == [0.0, 0.0, 1.0]
+    assert [float(m["queue_in_use"]) for m in one] == [0.0, 1.0]
 
 
 # The command-line form of a config's smoke variant, on one device. 1 vs 8 devices: every

@@ -187,12 +187,21 @@ METHOD_SMOKES = ["music_cifar10.py:smoke", "simsiam_cifar10.py:smoke",
                  "vicreg_cifar10.py:smoke", "swav_cifar10.py:smoke", "simclr_cifar10.py:smoke,mec"]
 
 
-def run_updates(spec, mesh, steps=3):
+def run_updates(spec, mesh, steps=2):
   """Metrics of ``steps`` train updates (the loop's ``make_update``) on fixed views, with
-  the state replicated and the batch split over ``mesh``."""
+  the state replicated and the batch split over ``mesh``.
+
+  The encoder is a one-block ViT: what differs between the methods is their heads and loss
+  (cross-device negatives, Sinkhorn, queue, the heads' BatchNorm), and a ResNet-18 doubles
+  the compilation (CI time). The ResNet's synchronised BatchNorm on 1 vs 8 devices is
+  compared in tests/test_multicrop.py (MEC) and tests/test_train.py (command line)."""
   config = configlib.load(str(REPO / "configs" / spec))
   with config.unlocked():
-    config.swav.queue_size = 4 * BATCH      # two global batches: used from the third step
+    config.model.name = "vit_tiny_cifar"
+    config.model.depth = 1
+    config.model.width = 0.25               # 48 wide (a multiple of 4 and of its one head)
+    config.model.num_heads = 1
+    config.swav.queue_size = 2 * BATCH      # one global batch: full after the first step
     config.swav.queue_start_steps = 0
   # The rng draws each step's views, then its labels (sharded_updates), as before.
   return sharded_updates(
@@ -216,7 +225,7 @@ def test_every_method_updates_alike_on_one_and_eight_devices(spec):
         continue
       np.testing.assert_allclose(b[k], a[k], rtol=2e-4, atol=1e-5, err_msg=f"{spec} {k}@{i}")
   if spec.startswith("swav"):
-    assert [float(m["queue_in_use"]) for m in one] == [0.0, 0.0, 1.0]
+    assert [float(m["queue_in_use"]) for m in one] == [0.0, 1.0]
 
 
 # The command-line form of a config's smoke variant, on one device. 1 vs 8 devices: every
@@ -249,9 +258,29 @@ def test_smoke_config_runs_from_the_command_line(spec, tmp_path, cifar_path, com
   assert train_rows and train_rows[-1]["step"] == 12
   assert np.isfinite([r["loss"] for r in train_rows]).all()
   assert "knn_top1" in rows[-1] and "probe_top1" in rows[-1]
+  first, last = train_rows[0], train_rows[-1]
+  trace = {k: [round(r[k], 4) for r in train_rows if k in r] for k in
+           ("loss", "probe_loss", "effective_rank", "embedding_std", "code_perplexity",
+            "pos_cosine")}
+  # The run learns: the online probe's loss (on the detached features) falls, and no
+  # collapse: a collapsed batch has effective rank 1 and embedding std 0 (measured here:
+  # rank 15-23 of the embedding width, std 0.10-0.14).
+  assert last["probe_loss"] < first["probe_loss"] - 0.05, trace
+  assert min(trace["effective_rank"]) > 8 and min(trace["embedding_std"]) > 0.05, trace
   if spec.startswith("swav"):
-    assert "code_perplexity" in train_rows[-1]
+    # The swapped prediction improves over 12 steps (4.65 -> 4.10 measured), the codes use
+    # most of the 32 prototypes (perplexity 1 is collapse; 26-32 measured), and the queue
+    # joins from its start step.
+    assert last["loss"] < first["loss"] - 0.2, trace
+    assert min(trace["code_perplexity"]) > 16, trace
+    assert first["queue_in_use"] == 0.0 and last["queue_in_use"] == 1.0
   if spec.startswith("music"):
-    assert "music_diagonal" in train_rows[-1]
+    # MUSIC's loss stays above its bound -3 ln D_S (ideal codes) at every step.
+    segment = configlib.load(str(REPO / "configs" / spec)).music.segment_size
+    assert last["music_bound"] == pytest.approx(-3 * np.log(segment))
+    assert all(r["loss"] > r["music_bound"] for r in train_rows), trace
+    assert "music_diagonal" in last
   if spec.endswith(",mec"):
-    assert "reg_loss" in train_rows[-1] and "objective" in train_rows[-1]
+    assert "reg_loss" in last and "objective" in last
+    # The two views' embeddings align as SimCLR + MEC trains (cosine 0.48 -> 0.68 measured).
+    assert last["pos_cosine"] > first["pos_cosine"] + 0.1, trace

@@ -287,3 +287,15 @@ def test_mec_multicrop_smoke_from_the_command_line(tmp_path, cifar_path, compile
   train_rows = [r for r in rows if "loss" in r]
   assert train_rows[-1]["step"] == 12 and np.isfinite([r["loss"] for r in train_rows]).all()
   assert "knn_top1" in rows[-1] and "probe_top1" in rows[-1]
+  first, last = train_rows[0], train_rows[-1]
+  trace = {k: [round(r[k], 4) for r in train_rows] for k in
+           ("loss", "pos_cosine", "probe_loss", "effective_rank", "embedding_std")}
+  # It learns: the loss falls and the views' predictions align with their teacher's
+  # embeddings (measured: loss 0.006 -> -0.004, cosine -0.005 -> 0.005 on the shared
+  # CIFAR-10; 0.002 -> -0.035 and -0.002 -> 0.040 on the synthetic archive), the online
+  # probe's loss falls; and no collapse (effective rank 1 and embedding std 0 would be;
+  # rank 18-22 and std 0.12 measured).
+  assert last["loss"] < first["loss"] - 0.005, trace
+  assert last["pos_cosine"] > first["pos_cosine"] + 0.005, trace
+  assert last["probe_loss"] < first["probe_loss"] - 0.05, trace
+  assert min(trace["effective_rank"]) > 4 and min(trace["embedding_std"]) > 0.02, trace

@@ -75,7 +75,10 @@ def test_smoke_run_logs_metrics_checkpoints_and_tensorboard(smoke_run, cifar_pat
   assert all(isinstance(v, (int, float)) for r in rows for v in r.values())
   merged = read_metrics(workdir)
   assert set(TRAIN_KEYS) <= set(merged[-1]) and merged[-1]["step"] == 12
-  assert 0.0 <= merged[-1]["knn_top1"] <= 1.0 and 0.0 <= merged[-1]["probe_top1"] <= 1.0
+  # Above chance (0.1 of 10 classes): a kNN or probe that paired features with the wrong
+  # labels, or evaluated padding rows, sits at chance. Measured on the shared CIFAR-10:
+  # knn_top1 0.2109, probe_top1 0.2266 (the synthetic archive's mean-colour classes: more).
+  assert merged[-1]["knn_top1"] > 0.15 and merged[-1]["probe_top1"] > 0.15
   assert np.isfinite([r["loss"] for r in merged if "loss" in r]).all()
   # lamda_inv warms up from 8x (np.linspace over 4 steps: the target at the 4th update, the
   # row of step 4) then holds at m eps_sq / d = 32 * 7.68 / 64.

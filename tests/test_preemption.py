@@ -115,13 +115,18 @@ def test_sigterm_saves_the_current_step_a_kill_9_loses_only_the_steps_since_a_ch
   workdir = tmp_path / "run"
   proc = start(workdir, archive, compile_cache)
   wait_for_step(proc, workdir, 2)
-  # A second run on the busy workdir stops at once, naming the live run's pid.
+  # Held (SIGSTOP) while a second run starts on the busy workdir: with a warm compile cache
+  # the run reaches step 12 in less time than a second interpreter needs to start, and the
+  # SIGTERM below must land between the scheduled checkpoints. A stopped process keeps its
+  # lock, so the second run stops at once, naming the live run's pid.
+  proc.send_signal(signal.SIGSTOP)
   busy = run_main(SMOKE, workdir, f"--config.data.path={archive}", *ARGS, timeout=120)
   assert busy.returncode == 2 and "Traceback" not in busy.stderr, busy.stderr[-2000:]
   assert f"pid {proc.pid} on host " in last_line(busy) and "in use by another run" in \
       last_line(busy)
   t = time.time()
-  proc.send_signal(signal.SIGTERM)
+  proc.send_signal(signal.SIGTERM)   # pending until the run continues
+  proc.send_signal(signal.SIGCONT)
   out, err = proc.communicate(timeout=120)
   assert time.time() - t < 120
   assert proc.returncode == EXIT_PREEMPTED, err[-3000:]

@@ -47,6 +47,25 @@ def test_local_layouts(tmp_path, tree, form):
   assert ex["image"].shape == (20, 20, 3) and ex["label"] == 2 and ex["index"] == 5
 
 
+def test_the_splits_of_one_archive_share_one_reading_until_the_file_changes(tmp_path, tree,
+                                                                           monkeypatch):
+  from mecjax.data import sources
+  path = tar_tree(tree, tmp_path / "a.tar.gz", compress=True)
+  opened = []
+  real = sources.LocalImages.__init__
+  monkeypatch.setattr(sources.LocalImages, "__init__",
+                      lambda self, p: (opened.append(p), real(self, p))[1])
+  train = load_split(data_cfg(path), "train", None, in_memory=True, size=16)
+  val = load_split(data_cfg(path), "val", None, in_memory=False, size=16)
+  assert len(opened) == 1 and len(train) == 18 and len(val) == 6
+  # Rewritten (another size or time stamp): read again, and the new contents are seen.
+  small = write_image_tree(tmp_path / "small", {"train": 2, "val": 1}, size=20,
+                           classes=CLASSES[:3])
+  tar_tree(small, path, compress=True)
+  assert len(load_split(data_cfg(path), "train", None, in_memory=True, size=16)) == 6
+  assert len(opened) == 2
+
+
 def test_unlabelled_folder(tmp_path):
   for i in range(5):
     (tmp_path / "train").mkdir(exist_ok=True)

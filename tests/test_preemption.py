@@ -24,9 +24,11 @@ from mecjax.metric_writers import read_metrics
 
 SMOKE = "configs/mec_cifar10.py:smoke"
 # 16 steps, scheduled checkpoints at 12 and 16, a row every step (so an interrupted run logs
-# the very rows of an uninterrupted one), kNN and probe accuracy at the end.
+# the very rows of an uninterrupted one), kNN and probe accuracy at the end. The kernels a
+# CPU gets by default (the smoke variant runs the plain ones): these runs are the tests'
+# whole training runs on the XLA:CPU kernels, resumed bit for bit.
 ARGS = ("--config.total_steps=16", "--config.checkpoint.every_steps=12",
-        "--config.log_every_steps=1")
+        "--config.log_every_steps=1", "--config.model.kernels=auto")
 EXIT_PREEMPTED = 75
 
 

@@ -193,6 +193,30 @@ class LocalImages:
     return os.pread(fd, size, offset)
 
 
+# The archive last opened, by (real path, size, mtime): a run reads its train and its eval
+# split (and the evaluators the train split again) from one archive, and indexing an archive
+# reads all of it (a .tar.gz is decompressed into RAM), so each split opening its own would
+# read the file, and for a .tar.gz hold it in memory, once per split. One entry: a process
+# that moves to another archive lets the previous one go.
+_OPENED: dict[tuple, LocalImages] = {}
+
+
+def open_images(path: str) -> LocalImages:
+  """``LocalImages(path)``, shared with the previous call on the same unchanged file."""
+  path = os.path.expanduser(path)
+  try:
+    st = os.stat(path)
+  except OSError:
+    return LocalImages(path)   # it names what is missing
+  if os.path.isdir(path):
+    return LocalImages(path)   # a folder is listed, not read: nothing to share
+  key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+  if key not in _OPENED:
+    _OPENED.clear()
+    _OPENED[key] = LocalImages(path)
+  return _OPENED[key]
+
+
 def _is_tarfile(path: str) -> bool:
   try:
     return tarfile.is_tarfile(path)
@@ -368,7 +392,7 @@ def load_split(data_cfg, split: str, max_examples: int | None, in_memory: bool,
   images); otherwise decode lazily, per access, in the input pipeline.
   """
   if data_cfg.path:
-    images = LocalImages(data_cfg.path)
+    images = open_images(data_cfg.path)
     index = images.split(split)
     keep = balanced_subset(index.labels, max_examples)
     if in_memory:

@@ -197,7 +197,8 @@ class LocalImages:
 # split (and the evaluators the train split again) from one archive, and indexing an archive
 # reads all of it (a .tar.gz is decompressed into RAM), so each split opening its own would
 # read the file, and for a .tar.gz hold it in memory, once per split. One entry: a process
-# that moves to another archive lets the previous one go.
+# that moves to another archive lets the previous one go. (A .tar.gz's bytes so stay in RAM
+# while the process runs, even once its splits are decoded: for CIFAR-10, 170 MB.)
 _OPENED: dict[tuple, LocalImages] = {}
 
 

@@ -122,14 +122,16 @@ def test_sigterm_saves_the_current_step_a_kill_9_loses_only_the_steps_since_a_ch
   # SIGTERM below must land between the scheduled checkpoints. A stopped process keeps its
   # lock, so the second run stops at once, naming the live run's pid.
   proc.send_signal(signal.SIGSTOP)
-  busy = run_main(SMOKE, workdir, f"--config.data.path={archive}", *ARGS, timeout=120)
+  try:
+    busy = run_main(SMOKE, workdir, f"--config.data.path={archive}", *ARGS, timeout=120)
+  finally:   # whatever the second run did, the held one goes on (and is stopped)
+    t = time.time()
+    proc.send_signal(signal.SIGTERM)   # pending until the run continues
+    proc.send_signal(signal.SIGCONT)
+  out, err = proc.communicate(timeout=120)
   assert busy.returncode == 2 and "Traceback" not in busy.stderr, busy.stderr[-2000:]
   assert f"pid {proc.pid} on host " in last_line(busy) and "in use by another run" in \
       last_line(busy)
-  t = time.time()
-  proc.send_signal(signal.SIGTERM)   # pending until the run continues
-  proc.send_signal(signal.SIGCONT)
-  out, err = proc.communicate(timeout=120)
   assert time.time() - t < 120
   assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
   stopped = checkpoints(workdir)[-1]

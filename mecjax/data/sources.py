@@ -15,6 +15,7 @@ import dataclasses
 import io
 import logging
 import os
+import stat
 import tarfile
 import threading
 import zlib
@@ -209,7 +210,7 @@ def open_images(path: str) -> LocalImages:
     st = os.stat(path)
   except OSError:
     return LocalImages(path)   # it names what is missing
-  if os.path.isdir(path):
+  if stat.S_ISDIR(st.st_mode):
     return LocalImages(path)   # a folder is listed, not read: nothing to share
   key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
   if key not in _OPENED:

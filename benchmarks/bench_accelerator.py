@@ -19,16 +19,23 @@ wall-clock time to it. Images: the CIFAR-10 JPEG archive (--data; by default the
 the repository when present) or, without it, synthetic images (the kNN figure is then
 chance, the timings still hold).
 
-``--tiny`` runs the same code at tiny sizes (ResNets at width 1/16, 16/32 px, one timed
-step, one batch doubling, a 2-step run on 64 images; LLVM at -O0 unless XLA_FLAGS sets a
-level), the kernel comparison and the batch search on the first case only, so a test keeps
-the script working: its eight step compilations are nearly all of its time (about 5 minutes
-on a loaded 2-core CPU, 2026-12-02; 8.6 before these sizes). Writes DIR/bench_accelerator.json and prints a markdown table.
+Every case's steps (kernel variants and batch doublings included) are compiled first,
+--compile-threads at a time (XLA compiles without holding the GIL), then run one at a time,
+so no timing shares the machine with a compilation.
+
+``--tiny`` runs the same code at tiny sizes (ResNets at width 1/16 with one block per stage,
+16/32 px, one timed step, one batch doubling, a 2-step run on 64 images; LLVM at -O0 unless
+XLA_FLAGS sets a level), the kernel comparison and the batch search on the first case only,
+so a test keeps the script working: its seven compilations of a whole step (and their
+initialisations) are nearly all of its time (68-73 s on a quiet 2-core Intel Xeon VM,
+2026-12-02; 95 s before the concurrent compilation and the one-block stages). Writes
+DIR/bench_accelerator.json and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import platform
@@ -63,9 +70,10 @@ CASES = [("CIFAR ResNet-18 fp32", "configs/mec_cifar10.py", "float32", None, 512
          ("ViT-S/16 224 bf16", "configs/mec_imagenet_vit.py:vit_s", "bfloat16", 256, None)]
 
 
-# --tiny: the ResNets at 4 channels in the first stage (every block type, a fraction of the
-# compile time of the smoke width); the training run's images and batch.
-TINY_WIDTH = 0.0625
+# --tiny: the ResNets at 4 channels in the first stage and one block per stage (every block
+# type, with and without a downsampling shortcut, at a fraction of the compile time); the
+# training run's images and batch.
+TINY_WIDTH, TINY_STAGES = 0.0625, (1, 1, 1, 1)
 TINY_RUN = {"train": 64, "test": 32, "batch": 16, "side": 16}
 
 
@@ -88,20 +96,34 @@ def case_config(spec: str, dtype: str, kernels: str, tiny: bool):
   if tiny:
     config.data.image_size = 16 if "cifar" in spec else 32
     if config.model.name != "vit_small":   # the smoke ViT is already 48 wide, 2 blocks deep
-      config.model.width = TINY_WIDTH
+      config.model.width, config.model.stage_sizes = TINY_WIDTH, TINY_STAGES
   return config
 
 
-def time_step(config, batch: int, steps: int) -> dict:
-  """Compile and time the train step at a global batch; images/s counts every view."""
-  s = lowering.build_step(config, batch)
-  state, data = lowering.concrete_inputs(s)
-  t = time.time()
-  compiled = s.step.lower(state, data).compile()
-  compile_s = time.time() - t
+def prepare(config, batch: int) -> dict:
+  """Build, initialise and compile the train step at a global batch. Safe to run in several
+  threads at once (XLA compiles without the GIL); an exception is kept, not raised, so the
+  batch search can read an out-of-memory as its end."""
+  try:
+    s = lowering.build_step(config, batch)
+    state, data = lowering.concrete_inputs(s)
+    t = time.time()
+    compiled = s.step.lower(state, data).compile()
+    compile_s = time.time() - t
+  except Exception as e:   # noqa: BLE001 - re-raised by time_step unless the search ends on it
+    return {"error": e, "name": config.model.name}
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  return {"step": s, "state": state, "data": data, "compiled": compiled, "batch": batch,
+          "compile_seconds": compile_s, "name": config.model.name,
+          "flops_per_step": float(cost.get("flops", 0.0)) if cost else 0.0}
+
+
+def time_step(p: dict, steps: int) -> dict:
+  """Time a prepared step (one warm-up call first); images/s counts every view."""
+  if "error" in p:
+    raise p["error"]
+  state, data, compiled = p["state"], p["data"], p["compiled"]
   state, m = compiled(state, data)       # warm-up
   jax.block_until_ready(m)
   t = time.time()
@@ -110,9 +132,11 @@ def time_step(config, batch: int, steps: int) -> dict:
   jax.block_until_ready(m)
   dt = (time.time() - t) / steps
   if not np.isfinite(float(m["loss"])):
-    raise FloatingPointError(f"non-finite loss in the timed steps of {config.model.name}")
-  return {"images_per_sec": batch * s.views / dt, "step_seconds": dt, "compile_seconds":
-          compile_s, "flops_per_step": flops, "views": s.views}
+    raise FloatingPointError(f"non-finite loss in the timed steps of {p['name']}")
+  views = p["step"].views
+  return {"images_per_sec": p["batch"] * views / dt, "step_seconds": dt,
+          "compile_seconds": p["compile_seconds"], "flops_per_step": p["flops_per_step"],
+          "views": views}
 
 
 def is_oom(e: Exception) -> bool:
@@ -120,48 +144,62 @@ def is_oom(e: Exception) -> bool:
   return "resource_exhausted" in text or "out of memory" in text or "oom" in text
 
 
-def largest_batch(config, start: int, doublings: int) -> int:
-  """The largest global batch, start x 2^k (k <= doublings), whose step compiles and runs."""
+def largest_batch(prepared: list[dict], start: int) -> int:
+  """The largest global batch among ``start`` and the prepared doublings (in order) whose
+  step compiled and ran; the first out-of-memory ends the search."""
   best = start
-  for k in range(1, doublings + 1):
+  for p in prepared:
     try:
-      time_step(config, start * 2**k, 1)
-      best = start * 2**k
+      time_step(p, 1)
+      best = p["batch"]
     except Exception as e:   # noqa: BLE001 - only out-of-memory ends the search quietly
       if not is_oom(e):
         raise
       break
+    finally:
+      p.clear()   # its state and batch leave the device before the next, larger one runs
   return best
 
 
 def bench_cases(a, devices) -> list[dict]:
+  """Every case's steps compiled first (--compile-threads at once: compilation is most of
+  the time on a CPU and several minutes on a GPU), then timed one at a time."""
   n, dev = len(devices), devices[0]
   peak = peak_flops(dev)
-  rows = []
+  auto = "cpu" if dev.platform == "cpu" else "xla"
+  jobs = {}   # (case index, kernels or "x2^k") -> (config, global batch)
   for i, (name, spec, dtype, per_device, global_batch) in enumerate(CASES):
     # --tiny: the kernel comparison and the batch search run on the first case only (the same
     # functions; each further compilation of a whole step costs a CPU many seconds).
     full = not a.tiny or i == 0
-    batch = (per_device * n if per_device else global_batch)
-    if a.tiny:
-      batch = 8 * n
+    batch = 8 * n if a.tiny else (per_device * n if per_device else global_batch)
+    for kernels in (("xla", "cpu") if full else (auto,)):
+      jobs[i, kernels] = (case_config(spec, dtype, kernels, a.tiny), batch)
+    for k in range(1, a.max_doublings + 1 if full else 1):
+      jobs[i, f"x{2**k}"] = (case_config(spec, dtype, auto, a.tiny), batch * 2**k)
+  with concurrent.futures.ThreadPoolExecutor(a.compile_threads) as pool:
+    futures = {key: pool.submit(prepare, *job) for key, job in jobs.items()}
+    prepared = {key: f.result() for key, f in futures.items()}
+  rows = []
+  for i, (name, spec, dtype, per_device, global_batch) in enumerate(CASES):
+    batch = jobs[i, auto][1]
     row = {"case": name, "config": spec, "dtype": dtype, "global_batch": batch,
            "per_device_batch": batch // n}
-    auto = "cpu" if dev.platform == "cpu" else "xla"
     for kernels in ("xla", "cpu"):
-      if not full and kernels != auto:
+      if (i, kernels) not in prepared:
         row[f"images_per_sec_{kernels}"] = None
         continue
-      config = case_config(spec, dtype, kernels, a.tiny)
-      r = time_step(config, batch, a.steps)
+      r = time_step(prepared.pop((i, kernels)), a.steps)
       row[f"images_per_sec_{kernels}"] = r["images_per_sec"]
       if kernels == auto:
         row.update(r)
         row["peak_memory_bytes"] = peak_memory(dev)
         row["mfu"] = (r["flops_per_step"] / r["step_seconds"] / (n * peak)) if peak else None
     row["kernels_auto"] = auto
-    row["largest_per_device_batch"] = largest_batch(
-        case_config(spec, dtype, auto, a.tiny), batch, a.max_doublings) // n if full else None
+    doublings = [prepared.pop(key) for key in sorted(
+        (key for key in prepared if key[0] == i), key=lambda key: int(key[1][1:]))]
+    row["largest_per_device_batch"] = (largest_batch(doublings, batch) // n
+                                       if (not a.tiny or i == 0) else None)
     rows.append(row)
     print(f"# {name}: {row['images_per_sec']:.1f} img/s", flush=True)
   return rows
@@ -189,6 +227,7 @@ def training_run(a, devices) -> dict:
   config.model.dtype = a.run_dtype
   if a.tiny:
     config.model.width, config.data.image_size = TINY_WIDTH, TINY_RUN["side"]
+    config.model.stage_sizes = TINY_STAGES
   batch = TINY_RUN["batch"] if a.tiny else config.batch_size
   side = config.data.image_size
   t0 = time.time()
@@ -219,10 +258,14 @@ def training_run(a, devices) -> dict:
 
   encode = jax.jit(lambda p, ms, x: s.method.encode(p, ms, s.recipe.eval_view(x)))
 
-  def features(x):
-    eb = 256
-    out = [encode(state.params, state.model_state, jax.device_put(x[i:i + eb], repl))
-           for i in range(0, len(x), eb)]
+  def features(x, eb=256):
+    # Every chunk padded to eb rows: one compiled encoder for the bank and the queries.
+    out = []
+    for i in range(0, len(x), eb):
+      chunk = x[i:i + eb]
+      pad = np.zeros((eb - len(chunk),) + chunk.shape[1:], chunk.dtype)
+      out.append(encode(state.params, state.model_state,
+                        jax.device_put(np.concatenate([chunk, pad]), repl))[:len(chunk)])
     return jnp.concatenate(out)
 
   bank, queries = features(x_tr), features(x_te)
@@ -268,6 +311,8 @@ def main() -> None:
   p.add_argument("--max-doublings", type=int, default=None)
   p.add_argument("--run-steps", type=int, default=None, help="steps of the CIFAR-10 run")
   p.add_argument("--run-dtype", default="bfloat16")
+  p.add_argument("--compile-threads", type=int, default=min(4, os.cpu_count() or 1),
+                 help="steps compiled at once before any is timed")
   a = p.parse_args()
   a.steps = a.steps or (1 if a.tiny else 10)
   a.max_doublings = a.max_doublings if a.max_doublings is not None else (1 if a.tiny else 3)

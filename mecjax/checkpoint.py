@@ -51,15 +51,12 @@ def fingerprint(config, params) -> dict:
   shapes = sorted((jax.tree_util.keystr(path), tuple(leaf.shape))
                   for path, leaf in jax.tree_util.tree_leaves_with_path(params))
   digest = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
-  return {
-      "method": config.method,
-      "model": config.model.to_dict(),
-      "projector": {k: list(v) if isinstance(v, tuple) else v
-                    for k, v in config.projector.to_dict().items()},
-      "predictor": {k: list(v) if isinstance(v, tuple) else v
-                    for k, v in config.predictor.to_dict().items()},
-      "param_shapes": digest,
-  }
+  # Tuples as lists: the metadata is stored as JSON, which reads them back as lists.
+  plain = lambda block: {k: list(v) if isinstance(v, tuple) else v
+                         for k, v in block.to_dict().items()}
+  return {"method": config.method, "model": plain(config.model),
+          "projector": plain(config.projector), "predictor": plain(config.predictor),
+          "param_shapes": digest}
 
 
 def _differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:

@@ -51,6 +51,10 @@ def base() -> ml_collections.ConfigDict:
                  # step is lowered for the CPU, plain XLA ones on GPU/TPU), "cpu", "xla";
                  # the same parameters and checkpoints whichever (mecjax/models/resnet.py)
                  kernels="auto",
+                 # ResNets only: blocks in each of the four stages; unset: the named depth's
+                 # (resnet18 (2, 2, 2, 2), resnet50 (3, 4, 6, 3)). Others do not export to
+                 # torchvision.
+                 stage_sizes=placeholder(tuple),
                  # ViT encoders only (mecjax/models/vit.py; a ResNet refuses them). Unset:
                  # the named size's (vit_small: 16, 12 blocks, 12 heads); width above
                  # multiplies the named embedding width.

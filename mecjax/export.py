@@ -38,14 +38,26 @@ class ExportError(ValueError):
   """The run cannot be exported as asked; the message says why."""
 
 
+def check_torchvision_layout(workdir: str, model: dict) -> None:
+  """Raise ExportError unless the run's encoder (its ``config.model`` as stored) is a ResNet
+  of one of torchvision's depths: only those load into torchvision's modules."""
+  name = str(model.get("name", ""))
+  if not name.startswith("resnet"):
+    raise ExportError(f"{workdir}: encoder {model.get('name')!r} is not a ResNet: only "
+                      "torchvision-layout ResNets export")
+  from mecjax.models import resnet
+  default, sizes = resnet.STAGES[name.removesuffix("_cifar")], model.get("stage_sizes")
+  if sizes and tuple(sizes) != default:
+    raise ExportError(f"{workdir}: config.model.stage_sizes={tuple(sizes)} is not {name}'s "
+                      f"{default}: only torchvision's ResNet depths export")
+
+
 def encoder_weights(workdir: str, *, target: bool = False, step: int | None = None):
   """(params, batch_stats, meta) of a run's encoder (the online one, or the EMA teacher)."""
   from mecjax import checkpoint as ckpt_lib
   state = ckpt_lib.read_state(workdir, step)
   meta = state["meta"]
-  if not str(meta.get("model", {}).get("name", "")).startswith("resnet"):
-    raise ExportError(f"{workdir}: encoder {meta.get('model', {}).get('name')!r} is not a "
-                      "ResNet: only torchvision-layout ResNets export")
+  check_torchvision_layout(workdir, meta.get("model", {}))
   if not target:
     return state["params"]["encoder"], state["model_state"]["batch_stats"]["encoder"], meta
   from mecjax.methods import teacher

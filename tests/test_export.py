@@ -135,3 +135,13 @@ def test_export_refusals_are_one_line(run_dir, tmp_path):
   proc = cli(f"--workdir={workdir}", "--format=onnx", f"--out={tmp_path / 'x'}")
   assert proc.returncode == 2 and "torchvision" in proc.stderr
   assert not (tmp_path / "x.pth").exists()
+
+
+def test_only_torchvision_depths_export():
+  from mecjax import export
+  export.check_torchvision_layout("w", {"name": "resnet18_cifar", "stage_sizes": None})
+  export.check_torchvision_layout("w", {"name": "resnet50", "stage_sizes": [3, 4, 6, 3]})
+  with pytest.raises(export.ExportError, match=r"^w: config.model.stage_sizes=\(1, 1, 1, 1\)"):
+    export.check_torchvision_layout("w", {"name": "resnet50", "stage_sizes": [1, 1, 1, 1]})
+  with pytest.raises(export.ExportError, match="not a ResNet"):
+    export.check_torchvision_layout("w", {"name": "vit_small"})

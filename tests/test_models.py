@@ -28,6 +28,26 @@ def test_parameter_counts_match_torchvision():
   assert resnet50().num_features == 2048 and resnet18(width=0.25).num_features == 128
 
 
+def test_stage_sizes_set_the_blocks_per_stage_and_are_checked():
+  from mecjax import configlib
+  from mecjax.models import get_encoder
+  model = configlib.base().model
+  model.name = "resnet50"
+  blocks = lambda: sorted({k.split("_")[0] + "_" + k.split("_")[1] for k in jax.eval_shape(
+      lambda: init(get_encoder(model), (1, 64, 64, 3), train=True))["params"]
+      if k.startswith("layer")})
+  assert len(blocks()) == 16   # unset: ResNet-50's (3, 4, 6, 3)
+  model.stage_sizes = (1, 2, 1, 1)
+  assert blocks() == ["layer1_0", "layer2_0", "layer2_1", "layer3_0", "layer4_0"]
+  for bad in ((1, 1, 1), (1, 0, 1, 1)):
+    model.stage_sizes = bad
+    with pytest.raises(configlib.ConfigError, match=r"^config.model.stage_sizes=.*four block"):
+      get_encoder(model)
+  model.name, model.stage_sizes = "vit_small", (1, 1, 1, 1)
+  with pytest.raises(configlib.ConfigError, match="ResNet encoders only"):
+    get_encoder(model)
+
+
 def test_zero_init_residual_zeroes_the_last_bn_of_every_block():
   v = init(resnet18(width=0.125, cifar_stem=True, zero_init_residual=True), (1, 16, 16, 3),
            train=True)

@@ -2,7 +2,8 @@
 
 ``get_encoder(cfg)`` reads ``cfg.name`` and the keys that encoder takes; every encoder
 maps NHWC images to pooled features and exposes ``num_features``. ResNets read ``width``
-(multiplier of the base widths) and ``zero_init_residual``; ViTs read ``width`` (multiplier
+(multiplier of the base widths), ``zero_init_residual`` and ``stage_sizes`` (blocks per
+stage; unset: the named depth's); ViTs read ``width`` (multiplier
 of the named size's embedding width) and the ViT-only keys ``patch_size``, ``depth``,
 ``num_heads`` (unset: the named size's) and ``stop_grad_patch_embed``, which a ResNet
 refuses. Every encoder reads ``kernels`` ("auto" | "cpu" | "xla": ``resnet.KERNELS``); a ViT
@@ -35,7 +36,7 @@ def _resnet(factory: Callable[..., ResNet], cifar_stem: bool):
       if cfg.get(key):
         raise ConfigError(f"config.model.{key}={cfg.get(key)!r} applies to ViT encoders "
                           f"only, not config.model.name={cfg.name!r}")
-    return factory(width=cfg.width, cifar_stem=cifar_stem,
+    return factory(stage_sizes=stage_sizes_of(cfg), width=cfg.width, cifar_stem=cifar_stem,
                    zero_init_residual=cfg.zero_init_residual, dtype=dtype_of(cfg),
                    kernels=kernels_of(cfg))
   return build
@@ -46,6 +47,9 @@ def _vit(name: str):
 
   def build(cfg) -> VisionTransformer:
     kernels_of(cfg)   # checked; nothing in a ViT depends on it
+    if cfg.get("stage_sizes"):
+      raise ConfigError(f"config.model.stage_sizes={cfg.stage_sizes!r} applies to ResNet "
+                        f"encoders only, not config.model.name={cfg.name!r} (ViTs: depth)")
     pick = lambda key: cfg.get(key) or size[key]
     width = int(round(size["width"] * cfg.width))
     heads = pick("num_heads")
@@ -74,6 +78,19 @@ def dtype_of(cfg):
   if cfg.dtype not in DTYPES:
     raise ConfigError(f"config.model.dtype={cfg.dtype!r}: expected one of {sorted(DTYPES)}")
   return DTYPES[cfg.dtype]
+
+
+def stage_sizes_of(cfg) -> tuple[int, ...] | None:
+  """``cfg.stage_sizes`` (config.model, ResNets): blocks in each of the four stages, checked;
+  None (the named depth's: ``resnet.STAGES``) where unset."""
+  sizes = cfg.get("stage_sizes")
+  if not sizes:
+    return None
+  sizes = tuple(sizes)
+  if len(sizes) != 4 or not all(isinstance(n, int) and n >= 1 for n in sizes):
+    raise ConfigError(f"config.model.stage_sizes={sizes!r}: expected four block counts >= 1 "
+                      "(resnet18: (2, 2, 2, 2), resnet50: (3, 4, 6, 3))")
+  return sizes
 
 
 def kernels_of(cfg) -> str:

@@ -287,9 +287,12 @@ class ResNet(nn.Module):
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
-def resnet18(**kw) -> ResNet:
-  return ResNet(stage_sizes=(2, 2, 2, 2), block=BasicBlock, **kw)
+STAGES = {"resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3)}
 
 
-def resnet50(**kw) -> ResNet:
-  return ResNet(stage_sizes=(3, 4, 6, 3), block=Bottleneck, **kw)
+def resnet18(stage_sizes=None, **kw) -> ResNet:
+  return ResNet(stage_sizes=tuple(stage_sizes or STAGES["resnet18"]), block=BasicBlock, **kw)
+
+
+def resnet50(stage_sizes=None, **kw) -> ResNet:
+  return ResNet(stage_sizes=tuple(stage_sizes or STAGES["resnet50"]), block=Bottleneck, **kw)

@@ -101,20 +101,21 @@ def case_config(spec: str, dtype: str, kernels: str, tiny: bool):
 
 
 def prepare(config, batch: int) -> dict:
-  """Build, initialise and compile the train step at a global batch. Safe to run in several
+  """Build and compile the train step at a global batch, and its initialisation, from
+  abstract shapes: nothing is put on the device until ``time_step``. Safe to run in several
   threads at once (XLA compiles without the GIL); an exception is kept, not raised, so the
   batch search can read an out-of-memory as its end."""
   try:
     s = lowering.build_step(config, batch)
-    state, data = lowering.concrete_inputs(s)
+    init = lowering.compile_init(s)
     t = time.time()
-    compiled = s.step.lower(state, data).compile()
+    compiled = s.step.lower(s.state, s.batch).compile()
     compile_s = time.time() - t
   except Exception as e:   # noqa: BLE001 - re-raised by time_step unless the search ends on it
     return {"error": e, "name": config.model.name}
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return {"step": s, "state": state, "data": data, "compiled": compiled, "batch": batch,
+  return {"step": s, "init": init, "compiled": compiled, "batch": batch,
           "compile_seconds": compile_s, "name": config.model.name,
           "flops_per_step": float(cost.get("flops", 0.0)) if cost else 0.0}
 
@@ -123,7 +124,8 @@ def time_step(p: dict, steps: int) -> dict:
   """Time a prepared step (one warm-up call first); images/s counts every view."""
   if "error" in p:
     raise p["error"]
-  state, data, compiled = p["state"], p["data"], p["compiled"]
+  state, data = lowering.concrete_inputs(p["step"], init=p["init"])
+  compiled = p["compiled"]
   state, m = compiled(state, data)       # warm-up
   jax.block_until_ready(m)
   t = time.time()
@@ -157,7 +159,7 @@ def largest_batch(prepared: list[dict], start: int) -> int:
         raise
       break
     finally:
-      p.clear()   # its state and batch leave the device before the next, larger one runs
+      p.clear()   # its programs go; its state and batch left the device with time_step
   return best
 
 

@@ -66,10 +66,16 @@ def build_step(config, global_batch: int | None = None, mesh=None, steps_per_epo
   return Step(step, init, state, batch, method, recipe, recipe.num_views)
 
 
-def concrete_inputs(s: Step, seed: int = 0):
-  """(state, batch) on the devices: initialised state and random uint8 images."""
-  repl = s.state.step.sharding
-  state = jax.jit(s.init, static_argnums=0, out_shardings=repl)(seed)
+def compile_init(s: Step, seed: int = 0):
+  """``s.init`` compiled for ``seed``, its state replicated: called with no argument."""
+  return jax.jit(s.init, static_argnums=0,
+                 out_shardings=s.state.step.sharding).lower(seed).compile()
+
+
+def concrete_inputs(s: Step, seed: int = 0, init: Callable | None = None):
+  """(state, batch) on the devices: initialised state and random uint8 images. ``init``: the
+  ``compile_init(s, seed)`` already made, if any."""
+  state = (init or compile_init(s, seed))()
   rng = np.random.default_rng(seed)
 
   def make(a):

@@ -31,8 +31,11 @@ def checkpoints(workdir):
 
 
 # The effective rank hangs on the smallest singular values of a 32 x 64 batch, which a
-# different reduction order (another device count) moves more than the loss.
-LOOSER = {"effective_rank": 1e-3}
+# different reduction order (another device count) moves more than the loss; the gradient
+# norm, summed over every parameter, moves ~10x more than the loss too (1.5e-4 at step 2 on
+# the synthetic archive on an Intel Xeon VM, 2026-12-02; a per-device BN or loss is off by
+# percents).
+LOOSER = {"effective_rank": 1e-3, "grad_norm": 1e-3}
 
 
 # Another device count sums in another order: float32 differences of ~1e-6 in the first

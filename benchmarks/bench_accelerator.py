@@ -19,16 +19,18 @@ wall-clock time to it. Images: the CIFAR-10 JPEG archive (--data; by default the
 the repository when present) or, without it, synthetic images (the kNN figure is then
 chance, the timings still hold).
 
-Every case's steps (kernel variants and batch doublings included) are compiled first,
+Every case's steps (kernel variants and batch doublings included), one initialisation per
+case, and the run's programs (with its images' decoding) are compiled first,
 --compile-threads at a time (XLA compiles without holding the GIL), then run one at a time,
 so no timing shares the machine with a compilation.
 
 ``--tiny`` runs the same code at tiny sizes (ResNets at width 1/16 with one block per stage,
 16/32 px, one timed step, one batch doubling, a 2-step run on 64 images; LLVM at -O0 unless
 XLA_FLAGS sets a level), the kernel comparison and the batch search on the first case only,
-so a test keeps the script working: its seven compilations of a whole step (and their
-initialisations) are nearly all of its time (68-73 s on a quiet 2-core Intel Xeon VM,
-2026-12-02; 95 s before the concurrent compilation and the one-block stages). Writes
+so a test keeps the script working. Its seven compilations of a whole step, five of their
+initialisation and the tracing before them are nearly all of its time: 132 s on a quiet
+2-core AMD EPYC VM (2026-12-02; 146 s with an initialisation per step and the run compiled
+after the cases; 68-73 s on the faster Intel Xeon VM earlier that day). Writes
 DIR/bench_accelerator.json and prints a markdown table.
 """
 
@@ -100,14 +102,14 @@ def case_config(spec: str, dtype: str, kernels: str, tiny: bool):
   return config
 
 
-def prepare(config, batch: int) -> dict:
-  """Build and compile the train step at a global batch, and its initialisation, from
-  abstract shapes: nothing is put on the device until ``time_step``. Safe to run in several
-  threads at once (XLA compiles without the GIL); an exception is kept, not raised, so the
-  batch search can read an out-of-memory as its end."""
+def prepare(config, batch: int, with_init: bool = True) -> dict:
+  """Build and compile the train step at a global batch, and (``with_init``) its
+  initialisation, from abstract shapes: nothing is put on the device until ``time_step``.
+  Safe to run in several threads at once (XLA compiles without the GIL); an exception is
+  kept, not raised, so the batch search can read an out-of-memory as its end."""
   try:
     s = lowering.build_step(config, batch)
-    init = lowering.compile_init(s)
+    init = lowering.compile_init(s) if with_init else None
     t = time.time()
     compiled = s.step.lower(s.state, s.batch).compile()
     compile_s = time.time() - t
@@ -118,6 +120,21 @@ def prepare(config, batch: int) -> dict:
   return {"step": s, "init": init, "compiled": compiled, "batch": batch,
           "compile_seconds": compile_s, "name": config.model.name,
           "flops_per_step": float(cost.get("flops", 0.0)) if cost else 0.0}
+
+
+def share_init(source: dict, others: list[dict]) -> None:
+  """Give ``others`` (the same case at other kernels or batches) the compiled initialisation
+  of ``source``: the kernels and the batch change neither the train state's tree nor its
+  values, so one compilation serves them all (each call makes a fresh state)."""
+  if "error" in source:
+    return
+  shapes = lambda p: jax.tree.map(lambda a: (a.shape, a.dtype), p["step"].state)
+  for p in others:
+    if "error" not in p:
+      if shapes(p) != shapes(source):
+        raise AssertionError(f"{p['name']}: the train state differs between kernel variants "
+                             "or batches of one case")
+      p["init"] = source["init"]
 
 
 def time_step(p: dict, steps: int) -> dict:
@@ -163,13 +180,14 @@ def largest_batch(prepared: list[dict], start: int) -> int:
   return best
 
 
-def bench_cases(a, devices) -> list[dict]:
-  """Every case's steps compiled first (--compile-threads at once: compilation is most of
-  the time on a CPU and several minutes on a GPU), then timed one at a time."""
-  n, dev = len(devices), devices[0]
-  peak = peak_flops(dev)
-  auto = "cpu" if dev.platform == "cpu" else "xla"
-  jobs = {}   # (case index, kernels or "x2^k") -> (config, global batch)
+def auto_kernels(devices) -> str:
+  return "cpu" if devices[0].platform == "cpu" else "xla"
+
+
+def case_jobs(a, devices) -> dict:
+  """(case index, kernels or "x2^k") -> (config, global batch) of every step to compile."""
+  n, auto = len(devices), auto_kernels(devices)
+  jobs = {}
   for i, (name, spec, dtype, per_device, global_batch) in enumerate(CASES):
     # --tiny: the kernel comparison and the batch search run on the first case only (the same
     # functions; each further compilation of a whole step costs a CPU many seconds).
@@ -179,9 +197,28 @@ def bench_cases(a, devices) -> list[dict]:
       jobs[i, kernels] = (case_config(spec, dtype, kernels, a.tiny), batch)
     for k in range(1, a.max_doublings + 1 if full else 1):
       jobs[i, f"x{2**k}"] = (case_config(spec, dtype, auto, a.tiny), batch * 2**k)
-  with concurrent.futures.ThreadPoolExecutor(a.compile_threads) as pool:
-    futures = {key: pool.submit(prepare, *job) for key, job in jobs.items()}
+  return jobs
+
+
+def prepare_cases(jobs: dict, devices, pool) -> dict:
+  """Submit every job's compilation to ``pool``; a function that waits for them and returns
+  the prepared steps, one initialisation compiled per case (``share_init``)."""
+  auto = auto_kernels(devices)
+  futures = {key: pool.submit(prepare, *job, key[1] == auto) for key, job in jobs.items()}
+
+  def result() -> dict:
     prepared = {key: f.result() for key, f in futures.items()}
+    for i in range(len(CASES)):
+      share_init(prepared[i, auto], [p for key, p in prepared.items()
+                                     if key[0] == i and key[1] != auto])
+    return prepared
+  return result
+
+
+def time_cases(a, devices, jobs: dict, prepared: dict) -> list[dict]:
+  """Time the prepared steps one at a time: a row per case."""
+  n, dev, auto = len(devices), devices[0], auto_kernels(devices)
+  peak = peak_flops(dev)
   rows = []
   for i, (name, spec, dtype, per_device, global_batch) in enumerate(CASES):
     batch = jobs[i, auto][1]
@@ -223,8 +260,10 @@ def load_cifar(path: str | None, tiny: bool, side: int):
   return (*make(n_train), *make(n_test), "synthetic")
 
 
-def training_run(a, devices) -> dict:
-  """MEC on CIFAR-10, data in device memory, then kNN; times from the first step."""
+def prepare_run(a) -> dict:
+  """The MEC CIFAR-10 run's images loaded and its programs compiled (step, initialisation,
+  batch gather, encoder), so that its timings, like the steps', share the machine with no
+  compilation."""
   config = configlib.load("configs/mec_cifar10.py" + (":smoke" if a.tiny else ""))
   config.model.dtype = a.run_dtype
   if a.tiny:
@@ -235,39 +274,58 @@ def training_run(a, devices) -> dict:
   t0 = time.time()
   x_tr, y_tr, x_te, y_te, origin = load_cifar(a.data, a.tiny, side)
   load_s = time.time() - t0
+  t0 = time.time()
   mesh = parallel.make_mesh()
   repl, rows = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   s = lowering.build_step(config, batch, mesh=mesh, steps_per_epoch=len(x_tr) // batch)
-  images, labels = jax.device_put(x_tr, repl), jax.device_put(y_tr, repl)
+  sds = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl)
 
-  @jax.jit
   def gather(images, labels, step):   # a shuffled batch, drawn on the device
     idx = jax.random.choice(jax.random.fold_in(jax.random.key(1), step), images.shape[0],
                             (batch,), replace=False)
     return jax.lax.with_sharding_constraint(
         {"image": images[idx], "label": labels[idx], "index": idx.astype(jnp.int32)}, rows)
 
-  state = jax.jit(s.init, static_argnums=0, out_shardings=repl)(config.seed)
+  eb = 256   # the encoder's batch: every chunk is padded to it, one program for all
+
+  def encode(params, model_state, x):
+    return s.method.encode(params, model_state, s.recipe.eval_view(x))
+
+  chunk = jax.ShapeDtypeStruct((eb,) + x_tr.shape[1:], x_tr.dtype, sharding=repl)
+  programs = {
+      "init": lowering.compile_init(s, config.seed),
+      "step": s.step.lower(s.state, s.batch).compile(),
+      "gather": jax.jit(gather).lower(sds(x_tr), sds(y_tr), jnp.int32(0)).compile(),
+      "encode": jax.jit(encode).lower(s.state.params, s.state.model_state, chunk).compile()}
+  return {"config": config, "batch": batch, "views": s.views, "data": (x_tr, y_tr, x_te, y_te),
+          "origin": origin, "load_seconds": load_s, "compile_seconds": time.time() - t0,
+          "repl": repl, "eb": eb, **programs}
+
+
+def training_run(a, r: dict) -> dict:
+  """MEC on CIFAR-10 from ``prepare_run``, data in device memory, then kNN; times from the
+  first step."""
+  config, batch, repl, eb = r["config"], r["batch"], r["repl"], r["eb"]
+  x_tr, y_tr, x_te, y_te = r["data"]
+  images, labels = jax.device_put(x_tr, repl), jax.device_put(y_tr, repl)
+  state = r["init"]()
   jax.block_until_ready(state)
   t1 = time.time()
   for i in range(a.run_steps):
-    state, m = s.step(state, gather(images, labels, i))
+    state, m = r["step"](state, r["gather"](images, labels, jnp.int32(i)))
     if i == 0:
       jax.block_until_ready(m)
       first = time.time() - t1
   jax.block_until_ready(m)
   train_s = time.time() - t1
 
-  encode = jax.jit(lambda p, ms, x: s.method.encode(p, ms, s.recipe.eval_view(x)))
-
-  def features(x, eb=256):
-    # Every chunk padded to eb rows: one compiled encoder for the bank and the queries.
+  def features(x):
     out = []
     for i in range(0, len(x), eb):
       chunk = x[i:i + eb]
       pad = np.zeros((eb - len(chunk),) + chunk.shape[1:], chunk.dtype)
-      out.append(encode(state.params, state.model_state,
-                        jax.device_put(np.concatenate([chunk, pad]), repl))[:len(chunk)])
+      out.append(r["encode"](state.params, state.model_state,
+                             jax.device_put(np.concatenate([chunk, pad]), repl))[:len(chunk)])
     return jnp.concatenate(out)
 
   bank, queries = features(x_tr), features(x_te)
@@ -276,10 +334,11 @@ def training_run(a, devices) -> dict:
       jnp.ones(len(y_te), bool), num_classes=10, k=config.knn.k,
       temperature=config.knn.temperature))
   total = time.time() - t1
-  return {"data": origin, "train_images": int(len(x_tr)), "test_images": int(len(x_te)),
+  return {"data": r["origin"], "train_images": int(len(x_tr)), "test_images": int(len(x_te)),
           "global_batch": batch, "steps": a.run_steps, "dtype": a.run_dtype,
-          "load_seconds": load_s, "first_step_seconds": first, "train_seconds": train_s,
-          "images_per_sec": (a.run_steps - 1) * batch * s.views / max(train_s - first, 1e-9)
+          "load_seconds": r["load_seconds"], "compile_seconds": r["compile_seconds"],
+          "first_step_seconds": first, "train_seconds": train_s,
+          "images_per_sec": (a.run_steps - 1) * batch * r["views"] / max(train_s - first, 1e-9)
           if a.run_steps > 1 else None,
           "knn_top1": knn, "seconds_to_knn": total, "final_loss": float(m["loss"])}
 
@@ -299,8 +358,9 @@ def markdown(result: dict) -> str:
   lines.append("")
   lines.append(f"MEC CIFAR-10 run ({run['data']}): {run['steps']} steps of {run['global_batch']}"
                f", {run['dtype']}: kNN top-1 {run['knn_top1']:.4f} after "
-               f"{run['seconds_to_knn']:.0f}s (first step {run['first_step_seconds']:.0f}s, "
-               f"images loaded in {run['load_seconds']:.0f}s)")
+               f"{run['seconds_to_knn']:.0f}s (first step {run['first_step_seconds']:.1f}s; images "
+               f"loaded in {run['load_seconds']:.0f}s, programs compiled in "
+               f"{run['compile_seconds']:.0f}s before it)")
   return "\n".join(lines)
 
 
@@ -325,8 +385,13 @@ def main() -> None:
             "device_kind": devices[0].device_kind, "devices": len(devices),
             "host": platform.processor() or platform.machine(), "jax": jax.__version__,
             "tiny": a.tiny, "peak_flops_per_device": peak_flops(devices[0])}
-  result["steps"] = bench_cases(a, devices)
-  result["run"] = training_run(a, devices)
+  jobs = case_jobs(a, devices)
+  with concurrent.futures.ThreadPoolExecutor(a.compile_threads) as pool:
+    run = pool.submit(prepare_run, a)   # the longest job first
+    cases = prepare_cases(jobs, devices, pool)
+    prepared, run = cases(), run.result()
+  result["steps"] = time_cases(a, devices, jobs, prepared)
+  result["run"] = training_run(a, run)
   result["seconds"] = time.time() - t
   os.makedirs(a.out, exist_ok=True)
   with open(os.path.join(a.out, "bench_accelerator.json"), "w") as f:

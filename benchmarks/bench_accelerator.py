@@ -43,6 +43,7 @@ import os
 import platform
 import sys
 import time
+from typing import Callable
 
 # --tiny runs each program once or twice, so LLVM's optimisation is most of its time: -O0
 # there unless the caller chose a level (read by XLA when JAX starts its backend, so before
@@ -200,7 +201,7 @@ def case_jobs(a, devices) -> dict:
   return jobs
 
 
-def prepare_cases(jobs: dict, devices, pool) -> dict:
+def prepare_cases(jobs: dict, devices, pool) -> Callable[[], dict]:
   """Submit every job's compilation to ``pool``; a function that waits for them and returns
   the prepared steps, one initialisation compiled per case (``share_init``)."""
   auto = auto_kernels(devices)

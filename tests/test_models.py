@@ -178,8 +178,11 @@ def test_batchnorm_statistics_are_global_over_a_sharded_batch():
   f = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
   single = f(v, jnp.asarray(x))
   sharded = f(v, jax.device_put(x, NamedSharding(mesh, P("data"))))
+  # Statistics per device (2 of the 16 images) move the outputs by O(1) (median 0.8, the
+  # outputs' scale is 6); another reduction order through 17 float32 BN layers moves them by
+  # up to 1.8e-5 (CI on an AMD EPYC VM, 2026-12-02).
   np.testing.assert_allclose(np.asarray(sharded[0]), np.asarray(single[0]), rtol=1e-4,
-                             atol=1e-5)
+                             atol=1e-4)
   for a, b in zip(jax.tree.leaves(sharded[1]), jax.tree.leaves(single[1])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 

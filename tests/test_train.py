@@ -39,23 +39,30 @@ LOOSER = {"effective_rank": 1e-3, "grad_norm": 1e-3}
 
 
 # Another device count sums in another order: float32 differences of ~1e-6 in the first
-# steps, which the following SGD steps amplify (measured on the synthetic archive: 1e-7 at
-# step 4, 3e-4 at step 5, 9e-4 at step 10 for the loss, grad_norm up to 4e-3). The first
-# steps are held to ``rtol``, the rest to ``late_rtol`` (a per-device BN or loss would be off
-# by percents from step 2 on).
-EXACT_STEPS = 4
+# step, which the following SGD steps amplify. On the real CIFAR-10 archive on an AMD EPYC
+# VM (2026-12-02): loss 2e-5 at step 2, 7e-5 at step 4, 1e-3 at step 5, 2e-2 at step 12;
+# grad_norm 1.5e-6 at step 2, 1.9e-3 at step 4, 1e-2 at step 8. The first logged interval is
+# held to ``rtol``; a per-device BN or loss is off by percents there already. The later
+# steps are held to ``late_rtol`` (10x for grad_norm), a bound on how far chaos may carry.
+# The MEC loss and the positive-pair cosine of the smoke run cross zero (|loss| ~ 0.002 to
+# 0.016), so each key's tolerance is taken relative to its largest magnitude in the run, not
+# to the value at the step.
+EXACT_STEPS = 2
 
 
 def assert_same_metrics(a, b, rtol=1e-4, acc_atol=0.0, late_rtol=None):
   rows_a, rows_b = read_metrics(a), read_metrics(b)
   assert [r["step"] for r in rows_a] == [r["step"] for r in rows_b]
-  for ra, rb in zip(rows_a, rows_b):
-    for k in TRAIN_KEYS:
-      if k in ra:
-        tol = max(rtol, LOOSER.get(k, 0.0)) if rtol > 1e-6 else rtol
-        if late_rtol and ra["step"] > EXACT_STEPS:
-          tol = max(tol, late_rtol * (10 if k == "grad_norm" else 1))
-        np.testing.assert_allclose(rb[k], ra[k], rtol=tol, atol=1e-6, err_msg=f"{k}@{ra['step']}")
+  for k in TRAIN_KEYS:
+    scale = max((abs(r[k]) for r in rows_a if k in r), default=0.0)
+    for ra, rb in zip(rows_a, rows_b):
+      if k not in ra:
+        continue
+      tol = max(rtol, LOOSER.get(k, 0.0)) if rtol > 1e-6 else rtol
+      if late_rtol and ra["step"] > EXACT_STEPS:
+        tol = max(tol, late_rtol * (10 if k == "grad_norm" else 1))
+      np.testing.assert_allclose(rb[k], ra[k], rtol=tol, atol=max(1e-6, tol * scale),
+                                 err_msg=f"{k}@{ra['step']}")
   for k in ("knn_top1", "probe_top1"):
     np.testing.assert_allclose(rows_b[-1][k], rows_a[-1][k], atol=acc_atol, err_msg=k)
 
@@ -104,7 +111,7 @@ def test_eight_devices_match_one(smoke_run, tmp_path, cifar_path, compile_cache)
   workdir = tmp_path / "eight"
   ok(run_main(CIFAR_SMOKE, workdir, f"--config.data.path={cifar_path}", devices=8,
               cache=compile_cache))
-  assert_same_metrics(smoke_run[0], workdir, late_rtol=2e-3)
+  assert_same_metrics(smoke_run[0], workdir, late_rtol=5e-3)
 
 
 @pytest.mark.slow

@@ -124,6 +124,9 @@ def base() -> ml_collections.ConfigDict:
       weight_decay=5e-4,
       exclude_1d=False,               # no decay / adaptation on biases and norm params
       trust_coefficient=0.001,        # lars
+      # lars: solo-learn's clip_lr (a tensor moves by min(trust ratio, lr) x its gradient;
+      # mecjax.optim.scale_by_clipped_trust_ratio); False: optax.lars (lr x trust ratio).
+      lars_clip_lr=False,
       b1=0.9, b2=0.999,               # adamw
   )
   c.ema = dict(momentum=0.996, final_momentum=1.0)  # cosine per step; 0: weight sharing

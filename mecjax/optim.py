@@ -161,12 +161,64 @@ def not_1d(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+class ClippedTrustRatioState(NamedTuple):
+  """State of ``scale_by_clipped_trust_ratio``: the update count (the schedule's step)."""
+  count: jax.Array
+
+
+def scale_by_clipped_trust_ratio(learning_rate: float | Schedule, *, trust_coefficient: float,
+                                 weight_decay: float, mask=True,
+                                 eps: float = 1e-8) -> optax.GradientTransformation:
+  """The trust-ratio part of solo-learn's LARS with ``clip_lr: True`` (every CIFAR recipe of
+  solo-learn sets it), before momentum and the learning rate. Per tensor ``p`` with gradient
+  ``g``, at step t with learning rate ``lr_t``:
+
+      r = eta ||p|| / (||g|| + wd ||p|| + eps)
+      d = min(r / lr_t, 1) (g + wd p)     where mask(p), ||p|| > 0 and ||g|| > 0
+      d = g                               elsewhere (no decay either)
+
+  After momentum and ``p -= lr_t v`` a tensor moves by ``min(r, lr_t)`` times its decayed
+  gradient: plain SGD while the gradient is small against the weights, the trust ratio only
+  as a cap. optax.lars (``lars_clip_lr=False``) instead always moves by ``lr_t r`` with
+  ``||g + wd p||`` in the denominator: a fixed relative step ``lr_t eta`` whatever the
+  gradient's size, so noise on a flat loss is followed as fast as signal.
+  """
+  lr_fn = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+
+  def init_fn(params):
+    del params
+    return ClippedTrustRatioState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("the clipped LARS needs the parameters: tx.update(grads, state, params)")
+    lr_t = jnp.asarray(lr_fn(state.count), jnp.float32)
+    masks = mask(params) if callable(mask) else jax.tree.map(lambda _: mask, params)
+
+    def one(g, p, adapt):
+      if not adapt:
+        return g
+      p_norm, g_norm = jnp.linalg.norm(p), jnp.linalg.norm(g)
+      ratio = trust_coefficient * p_norm / (g_norm + weight_decay * p_norm + eps)
+      scale = jnp.where(lr_t > 0, jnp.minimum(ratio / jnp.where(lr_t > 0, lr_t, 1.0), 1.0),
+                        1.0)
+      ok = (p_norm > 0) & (g_norm > 0)
+      return jnp.where(ok, scale * (g + weight_decay * p), g).astype(g.dtype)
+
+    updates = jax.tree.map(one, updates, params, masks)
+    return updates, ClippedTrustRatioState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def make_optimizer(cfg, learning_rate: float | Schedule) -> optax.GradientTransformation:
   """The optimiser named by ``cfg.name`` (config.optim).
 
   - ``sgd``: PyTorch SGD semantics, weight decay added to the gradient before momentum.
   - ``lars``: optax.lars; with ``exclude_1d`` biases and norm parameters are excluded from
-    both the trust-ratio adaptation and the weight decay.
+    both the trust-ratio adaptation and the weight decay. With ``lars_clip_lr`` the
+    trust ratio is solo-learn's clipped one instead (``scale_by_clipped_trust_ratio``),
+    followed by PyTorch's momentum (``buf = m buf + d``) and ``p -= lr_t buf``.
   - ``adamw``: optax.adamw (decoupled decay); ``exclude_1d`` masks the decay.
   """
   mask = not_1d if cfg.exclude_1d else None
@@ -175,6 +227,13 @@ def make_optimizer(cfg, learning_rate: float | Schedule) -> optax.GradientTransf
         optax.add_decayed_weights(cfg.weight_decay, mask) if cfg.weight_decay else
         optax.identity(),
         optax.sgd(learning_rate, momentum=cfg.momentum or None, nesterov=cfg.nesterov))
+  if cfg.name == "lars" and cfg.lars_clip_lr:
+    return optax.chain(
+        scale_by_clipped_trust_ratio(learning_rate, trust_coefficient=cfg.trust_coefficient,
+                                     weight_decay=cfg.weight_decay,
+                                     mask=mask if mask else True),
+        optax.trace(decay=cfg.momentum, nesterov=cfg.nesterov),
+        optax.scale_by_learning_rate(learning_rate))
   if cfg.name == "lars":
     return optax.lars(learning_rate, weight_decay=cfg.weight_decay,
                       weight_decay_mask=mask if mask else True,

@@ -131,6 +131,90 @@ def test_lars_excludes_1d_parameters_from_adaptation_and_decay():
   np.testing.assert_allclose(np.asarray(updates["w"]), want, rtol=1e-5)
 
 
+def _solo_lars_reference(params, grads, lrs, *, eta, wd, mom, exclude_1d, eps=1e-8):
+  """float64 transliteration of solo-learn's LARS step with clip_lr (PyTorch Lightning
+  Bolts' LARS): per tensor, d = g; if adapted and ||p||, ||g|| > 0:
+  lars_lr = min(eta ||p|| / (||g|| + wd ||p|| + eps) / lr, 1), d = lars_lr (g + wd p);
+  buf = mom buf + d (buf = d at the first step); p -= lr buf."""
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  buf = {}
+  for g_step, lr in zip(grads, lrs):
+    for n in p:
+      g = np.asarray(g_step[n], np.float64)
+      d = g
+      if p[n].ndim != 1 or not exclude_1d:
+        pn, gn = np.linalg.norm(p[n]), np.linalg.norm(g)
+        if pn != 0 and gn != 0:
+          lars_lr = min(eta * pn / (gn + pn * wd + eps) / lr, 1.0)
+          d = (g + wd * p[n]) * lars_lr
+      buf[n] = d.copy() if n not in buf else mom * buf[n] + d
+      p[n] = p[n] - lr * buf[n]
+  return p
+
+
+@pytest.mark.parametrize("exclude_1d", [True, False])
+def test_clipped_lars_matches_solo_learn(exclude_1d):
+  # Gradients of very different sizes, so that some steps take the SGD branch (trust ratio
+  # over lr clipped to 1) and others the trust ratio; a rising then falling lr; a zero
+  # gradient (no adaptation and no decay for that tensor at that step).
+  params = {"w": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "b": jnp.array([0.1, -0.3]),
+            "k": jnp.array([[0.2, 0.0, -0.4]])}
+  grads = [{"w": jnp.full((2, 2), 0.01), "b": jnp.array([0.2, -0.1]),
+            "k": jnp.zeros((1, 3))},
+           {"w": jnp.array([[3.0, -1.0], [2.0, 0.5]]), "b": jnp.array([0.05, 0.3]),
+            "k": jnp.array([[1.0, 2.0, -0.5]])},
+           {"w": jnp.array([[0.02, 0.01], [-0.03, 0.0]]), "b": jnp.array([-0.4, 0.1]),
+            "k": jnp.array([[0.001, 0.002, 0.0]])},
+           {"w": jnp.array([[-5.0, 4.0], [1.0, 2.0]]), "b": jnp.array([1.0, -1.0]),
+            "k": jnp.array([[0.3, -0.1, 0.2]])}]
+  lrs = [0.05, 0.6, 0.3, 0.1]
+  eta, wd, mom = 0.02, 1e-2, 0.9
+  cfg = optim_cfg(name="lars", lars_clip_lr=True, trust_coefficient=eta, weight_decay=wd,
+                  momentum=mom, exclude_1d=exclude_1d)
+  tx = optim.make_optimizer(cfg, lambda count: jnp.asarray(lrs)[count])
+  state = tx.init(params)
+  got = params
+  for g in grads:
+    updates, state = tx.update(g, state, got)
+    got = optax.apply_updates(got, updates)
+  want = _solo_lars_reference(params, grads, lrs, eta=eta, wd=wd, mom=mom,
+                              exclude_1d=exclude_1d)
+  for n in want:
+    np.testing.assert_allclose(np.asarray(got[n]), want[n], rtol=1e-5, atol=1e-7)
+
+
+def test_clipped_lars_is_sgd_below_the_cap_and_the_trust_ratio_above():
+  w = jnp.array([[1.0, -2.0], [0.5, 3.0]])     # ||w|| = 3.775
+  cfg = optim_cfg(name="lars", lars_clip_lr=True, trust_coefficient=0.02, weight_decay=0.0,
+                  momentum=0.0)
+  tx = optim.make_optimizer(cfg, 0.1)
+  # Small gradient: eta ||w|| / ||g|| = 3.8 > lr, lars_lr = 1, the plain SGD step.
+  small = {"w": jnp.full((2, 2), 0.01)}
+  updates, _ = tx.update(small, tx.init({"w": w}), {"w": w})
+  np.testing.assert_allclose(np.asarray(updates["w"]), -0.1 * np.asarray(small["w"]),
+                             rtol=1e-6)
+  # Large gradient: eta ||w|| / ||g|| = 0.0378 < lr, the step is that ratio times g, which
+  # is also optax.lars's step at lr 1 (and 1 / lr times its step at this lr).
+  large = {"w": jnp.full((2, 2), 1.0)}
+  updates, _ = tx.update(large, tx.init({"w": w}), {"w": w})
+  ratio = 0.02 * float(np.linalg.norm(np.asarray(w))) / 2.0
+  np.testing.assert_allclose(np.asarray(updates["w"]), -ratio * np.ones((2, 2)), rtol=1e-5)
+  plain = optim.make_optimizer(optim_cfg(name="lars", trust_coefficient=0.02, weight_decay=0.0,
+                                         momentum=0.0), 0.1)
+  updates_plain, _ = plain.update(large, plain.init({"w": w}), {"w": w})
+  np.testing.assert_allclose(np.asarray(updates_plain["w"]), 0.1 * np.asarray(updates["w"]),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["barlow_twins", "byol", "simclr", "swav", "vicreg"])
+def test_solo_learn_lars_recipes_clip_the_lars_lr(name):
+  from pathlib import Path
+  config = configlib.load(str(Path(__file__).resolve().parents[1] / "configs" /
+                              f"{name}_cifar10.py"))
+  assert (config.optim.name, config.optim.lars_clip_lr, config.optim.trust_coefficient) == \
+      ("lars", True, 0.02)
+
+
 def test_adamw_masks_decay_of_1d_parameters():
   params = _params()
   zero = jax.tree.map(jnp.zeros_like, params)

@@ -6,7 +6,7 @@ after 1000 epochs).
 
 CIFAR ResNet-18; projector [Linear(2048)-BN-ReLU] x2 - Linear(2048); loss
 0.1 x (sum_i (1 - c_ii)^2 + 0.0051 sum_{i!=j} c_ij^2) on the global batch (solo-learn's CIFAR
-scale 0.1; the official ImageNet code uses 1); LARS (eta 0.02, clip_lr, biases and norm parameters
+scale 0.1; the official ImageNet code uses 1); LARS (eta 0.02, biases and norm parameters
 excluded) lr 0.3 x batch/256, wd 1e-4, batch 256, 1000 epochs, 10-epoch warm-up then cosine;
 "asymmetric" augmentation (solarize p=0.2 on view 2, no blur).
 

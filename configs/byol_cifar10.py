@@ -6,10 +6,10 @@ epochs).
 
 CIFAR ResNet-18; projector Linear(4096)-BN-ReLU-Linear(256); predictor
 Linear(4096)-BN-ReLU-Linear(256); EMA target (encoder + projector) with momentum 0.99 -> 1
-(cosine, per step); loss L(p1, t2) + L(p2, t1), L = 2 - 2 mean cos; LARS (eta 0.02,
-clip_lr, biases and norm parameters excluded) lr 1.0 x batch/256, wd 1e-5, batch 256, 1000
-epochs, 10-epoch warm-up then cosine; "asymmetric" augmentation (crops 0.08-1, jitter
-0.4/0.4/0.2/0.1 p=0.8, grayscale 0.2, solarize p=0.2 on view 2, no blur).
+(cosine, per step); loss L(p1, t2) + L(p2, t1), L = 2 - 2 mean cos; LARS (eta 0.02, biases and
+norm parameters excluded) lr 1.0 x batch/256, wd 1e-5, batch 256, 1000 epochs, 10-epoch warm-up
+then cosine; "asymmetric" augmentation (crops 0.08-1, jitter 0.4/0.4/0.2/0.1 p=0.8, grayscale
+0.2, solarize p=0.2 on view 2, no blur).
 
 Variants:
   smoke: tiny network, 12 steps (CI).

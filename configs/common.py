@@ -15,8 +15,8 @@ so it works from a checkout, from any working directory, and under every loader.
 
 def solo_learn_cifar(c) -> None:
   """solo-learn's CIFAR-10 pre-training setup (``scripts/pretrain/cifar/*.yaml``): CIFAR
-  ResNet-18, batch 256, 1000 epochs, 10-epoch warm-up then cosine, LARS (eta 0.02, clip_lr,
-  biases and norm parameters excluded) unless the method's file says otherwise, SyncBN, crops of
+  ResNet-18, batch 256, 1000 epochs, 10-epoch warm-up then cosine, LARS (eta 0.02, biases
+  and norm parameters excluded) unless the method's file says otherwise, SyncBN, crops of
   scale 0.08-1. Learning rate, weight decay, heads and colour strength are per method."""
   c.model.name = "resnet18_cifar"
   c.model.width = 1.0
@@ -30,7 +30,6 @@ def solo_learn_cifar(c) -> None:
   c.total_epochs = 1000
   c.optim.name = "lars"
   c.optim.trust_coefficient = 0.02
-  c.optim.lars_clip_lr = True
   c.optim.exclude_1d = True
   c.optim.warmup_epochs = 10
   c.log_every_steps = 50

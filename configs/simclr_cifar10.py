@@ -5,7 +5,7 @@ r"""SimCLR on CIFAR-10 (solo-learn's CIFAR recipe).
 
 CIFAR ResNet-18; projector Linear(2048)-BN-ReLU-Linear(256); NT-Xent at temperature 0.2 over
 the global batch (2N - 2 negatives per anchor, mean over the 2N anchors); LARS (eta 0.02,
-clip_lr, biases and norm parameters excluded) lr 0.4 x batch/256, wd 1e-4, batch 256, 1000 epochs,
+biases and norm parameters excluded) lr 0.4 x batch/256, wd 1e-4, batch 256, 1000 epochs,
 10-epoch warm-up then cosine; "symmetric" augmentation (crops 0.08-1, jitter 0.8/0.8/0.8/0.2
 p=0.8, grayscale 0.2, blur p=0.5, no solarize).
 

@@ -7,8 +7,8 @@ epochs).
 CIFAR ResNet-18; projector Linear(2048)-BN-ReLU-Linear(128), L2-normalised, 3000 unit-norm
 prototypes; Sinkhorn-Knopp codes (epsilon 0.05, 3 iterations) over the global batch and a
 3840-row queue from epoch 50; swapped prediction at temperature 0.1; prototypes frozen for
-the first 2 epochs; LARS (eta 0.02, clip_lr, biases and norm parameters excluded) lr 0.6
-x batch/256, wd 1e-6, batch 256, 1000 epochs, 10-epoch warm-up then cosine; "symmetric" augmentation
+the first 2 epochs; LARS (eta 0.02, biases and norm parameters excluded) lr 0.6 x batch/256,
+wd 1e-6, batch 256, 1000 epochs, 10-epoch warm-up then cosine; "symmetric" augmentation
 (crops 0.08-1, jitter 0.8/0.8/0.8/0.2 p=0.8, grayscale 0.2, blur p=0.5, no solarize); two
 crops (multi-crop is not part of solo-learn's CIFAR recipe).
 

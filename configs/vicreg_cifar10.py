@@ -6,8 +6,8 @@ epochs).
 
 CIFAR ResNet-18; expander [Linear(2048)-BN-ReLU] x2 - Linear(2048); loss 25 x invariance +
 25 x variance + 1 x covariance (the official form, std terms averaged over the two views);
-LARS (eta 0.02, clip_lr, biases and norm parameters excluded) lr 0.3 x batch/256, wd 1e-4,
-batch 256, 1000 epochs, 10-epoch warm-up then cosine; crops 0.2-1, jitter 0.4/0.4/0.2/0.1 p=0.8,
+LARS (eta 0.02, biases and norm parameters excluded) lr 0.3 x batch/256, wd 1e-4, batch 256,
+1000 epochs, 10-epoch warm-up then cosine; crops 0.2-1, jitter 0.4/0.4/0.2/0.1 p=0.8,
 grayscale 0.2, solarize p=0.1 on both views, no blur.
 
 Variants:

@@ -206,15 +206,6 @@ def test_clipped_lars_is_sgd_below_the_cap_and_the_trust_ratio_above():
                              rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["barlow_twins", "byol", "simclr", "swav", "vicreg"])
-def test_solo_learn_lars_recipes_clip_the_lars_lr(name):
-  from pathlib import Path
-  config = configlib.load(str(Path(__file__).resolve().parents[1] / "configs" /
-                              f"{name}_cifar10.py"))
-  assert (config.optim.name, config.optim.lars_clip_lr, config.optim.trust_coefficient) == \
-      ("lars", True, 0.02)
-
-
 def test_adamw_masks_decay_of_1d_parameters():
   params = _params()
   zero = jax.tree.map(jnp.zeros_like, params)

@@ -200,8 +200,7 @@ def scale_by_clipped_trust_ratio(learning_rate: float | Schedule, *, trust_coeff
         return g
       p_norm, g_norm = jnp.linalg.norm(p), jnp.linalg.norm(g)
       ratio = trust_coefficient * p_norm / (g_norm + weight_decay * p_norm + eps)
-      scale = jnp.where(lr_t > 0, jnp.minimum(ratio / jnp.where(lr_t > 0, lr_t, 1.0), 1.0),
-                        1.0)
+      scale = jnp.where(ratio < lr_t, ratio / lr_t, 1.0)   # min(ratio / lr_t, 1); 1 at lr 0
       ok = (p_norm > 0) & (g_norm > 0)
       return jnp.where(ok, scale * (g + weight_decay * p), g).astype(g.dtype)
 

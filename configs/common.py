@@ -40,6 +40,13 @@ def solo_learn_cifar(c) -> None:
 def cifar_smoke(c) -> None:
   """A tiny network on 256 images for 12 steps: under a minute on a 2-core CPU (CI)."""
   c.model.width = 0.125
+  # One block per stage (a ResNet-10 of the config's block type): every block kind, with
+  # and without a downsampling shortcut, in about 0.8x the whole run's time of two blocks
+  # (tracing and compilation are most of a smoke run; benchmarks/RESULTS.md, "Test suite").
+  # The smoke runs are code paths, not encoders to export: torchvision depths are the
+  # other variants'.
+  if not c.model.name.startswith("vit"):
+    c.model.stage_sizes = (1, 1, 1, 1)
   # The plain kernels, the program a GPU or TPU runs: a smoke run is a few steps, so its
   # time is compilation, and the XLA:CPU kernels (model.kernels 'auto' on a CPU) compile in
   # about 1.3x the time (first step 17.3 s against 12.9 s, SwAV smoke, 2026-12-02).

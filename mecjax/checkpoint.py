@@ -51,11 +51,8 @@ def fingerprint(config, params) -> dict:
   shapes = sorted((jax.tree_util.keystr(path), tuple(leaf.shape))
                   for path, leaf in jax.tree_util.tree_leaves_with_path(params))
   digest = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
-  # Tuples as lists: the metadata is stored as JSON, which reads them back as lists.
-  plain = lambda block: {k: list(v) if isinstance(v, tuple) else v
-                         for k, v in block.to_dict().items()}
-  return {"method": config.method, "model": plain(config.model),
-          "projector": plain(config.projector), "predictor": plain(config.predictor),
+  return {"method": config.method, "model": config.model.to_dict(),
+          "projector": config.projector.to_dict(), "predictor": config.predictor.to_dict(),
           "param_shapes": digest}
 
 
@@ -169,7 +166,8 @@ class Checkpointer:
     self._check(step, saved["meta"], meta)
 
   def _check(self, step: int, saved: dict, meta: dict) -> None:
-    diffs = _differences(saved, meta)
+    # Compared as stored: JSON reads a tuple of the config back as a list.
+    diffs = _differences(saved, json.loads(json.dumps(meta)))
     if diffs:
       raise CheckpointMismatch(
           f"workdir checkpoint {self.directory}/{step} belongs to a different model "

@@ -198,6 +198,7 @@ def run_updates(spec, mesh, steps=2):
   config = configlib.load(str(REPO / "configs" / spec))
   with config.unlocked():
     config.model.name = "vit_tiny_cifar"
+    config.model.stage_sizes = None         # the smoke ResNet's blocks per stage
     config.model.depth = 1
     config.model.width = 0.25               # 48 wide (a multiple of 4 and of its one head)
     config.model.num_heads = 1

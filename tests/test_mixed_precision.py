@@ -63,7 +63,8 @@ def updates(config, steps=STEPS):
 # MEC on its CIFAR ViT smoke network; MUSIC's smoke config on the same encoder (a ResNet-18
 # pair compiles for about a minute on the CI machine; the ResNet's bfloat16 path is the one
 # benchmarks/bench_step.py times, and its gap is the one quoted above).
-TINY_VIT = {"model.name": "vit_tiny_cifar", "model.width": 0.25, "model.depth": 2}
+TINY_VIT = {"model.name": "vit_tiny_cifar", "model.width": 0.25, "model.depth": 2,
+            "model.stage_sizes": None}   # the smoke ResNet's blocks per stage
 CASES = {"mec": ("mec_cifar10_vit.py:smoke", {}),
          "music": ("music_cifar10.py:smoke", TINY_VIT)}
 

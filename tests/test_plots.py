@@ -115,6 +115,7 @@ def tiny_run(spec: str, cifar_path: str, workdir: Path) -> Path:
   # A 1-block ViT compiles in about half the time of the smoke ResNet-18 (CI time); the
   # pictures depend on the encoder's outputs only.
   c.model.name, c.model.width, c.model.depth = "vit_tiny_cifar", 0.25, 1
+  c.model.stage_sizes = None   # the smoke ResNet's blocks per stage
   c.data.path = cifar_path
   c.data.max_train_examples = 64
   c.data.max_eval_examples = 40

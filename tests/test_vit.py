@@ -184,7 +184,7 @@ EVERY_METHOD = sorted(methods.METHODS) + ["vicreg+e2mc"]
 def test_every_method_takes_a_vit_and_its_losses_get_float32(name, monkeypatch):
   method_name, _, reg = name.partition("+")
   overrides = {"model.name": "vit_tiny_cifar", "model.width": 0.25, "model.depth": 1,
-               "model.dtype": "bfloat16"}
+               "model.dtype": "bfloat16", "model.stage_sizes": None}   # the ResNet smoke's
   if reg:
     overrides["regularizer.name"] = reg
   config, run, method = smoke_method(f"{method_name}_cifar10.py:smoke", **overrides)

@@ -247,10 +247,11 @@ class Recipe:
     return lambda image: host_ops.resize_center_crop(image, size, resize=size) \
         if image.shape[:2] != (size, size) else image
 
-  def crops(self, keys, local_keys, images) -> list[jax.Array]:
-    """float crops in [0, 1], one per view: (B,S,S,3) global ones, then (B,s,s,3) local
-    ones; ``keys`` (B,) draw the global crops, ``local_keys`` (B, num_local) the local ones
-    (None without local views)."""
+  def crops(self, keys, local_keys, images):
+    """float crops in [0, 1], stacked per view group: ``(global, local)`` with global
+    (num_global, B, S, S, 3) and local (num_local, B, s, s, 3) or None; ``keys`` (B,) draw
+    the global crops, ``local_keys`` (B, num_local) the local ones (None without local
+    views)."""
     raise NotImplementedError
 
   def _view_probs(self, v: int) -> tuple[float, float]:
@@ -266,33 +267,48 @@ class Recipe:
     ``num_global`` float32 (B,S,S,3) global views, then ``num_local`` (B,s,s,3) local ones.
     ``images`` is what the host shipped (``host_transform``): whole images, or crops."""
     cfg = self.cfg
+    g, n_local = self.num_global, self.num_local
     # Five colour keys per global view and one crop key, as without local views; the local
     # views draw six each (five colour, one crop) from a stream of their own, so switching
     # them on leaves the global views as they were.
-    keys = sample_keys(key, step, index, 5 * self.num_global + 1)
-    colour = [keys[:, 5 * v:5 * v + 5] for v in range(self.num_global)]
+    keys = sample_keys(key, step, index, 5 * g + 1)
+    b = keys.shape[0]
+    by_view = lambda k, n, width: jnp.swapaxes(k.reshape(b, n, width), 0, 1)
+    colour = [by_view(keys[:, :5 * g], g, 5)]                    # (G, B, 5)
     local_crop_keys = None
-    if self.num_local:
-      local = sample_keys(jax.random.fold_in(key, LOCAL_STREAM), step, index,
-                          6 * self.num_local)
-      colour += [local[:, 6 * j:6 * j + 5] for j in range(self.num_local)]
+    if n_local:
+      local = sample_keys(jax.random.fold_in(key, LOCAL_STREAM), step, index, 6 * n_local)
+      colour.append(by_view(local, n_local, 6)[:, :, :5])       # (L, B, 5)
       local_crop_keys = local[:, 5::6]
     crops = self.crops(keys[:, -1], local_crop_keys, images)
+    first = [0, g]
     out = []
-    for v, x in enumerate(crops):
-      k = colour[v]
-      blur, solarize = self._view_probs(v)
-      # An op whose probability is 0 returns its input unchanged: skip it (its keys stay
-      # reserved, so the other draws do not move).
-      if cfg.jitter_prob > 0:
-        x = color_jitter(k[:, 0], x, cfg.jitter, cfg.jitter_prob)
-      if cfg.grayscale_prob > 0:
-        x = random_grayscale(k[:, 1], x, cfg.grayscale_prob)
-      if blur > 0:
-        x = random_blur(k[:, 2], x, blur)
-      if solarize > 0:
-        x = random_solarize(k[:, 3], x, solarize)
-      out.append(normalize(x, cfg.mean, cfg.std))
+    # Each group of same-sized views (the globals, the locals) goes through the colour ops
+    # as one program vmapped over its views, with each view's own blur and solarize
+    # probabilities: per image the same values as view by view, with half (or less) of the
+    # program to trace and compile, and fewer, larger kernels on an accelerator.
+    for x, k, start in zip(crops, colour, first):
+      if x is None:
+        continue
+      probs = [self._view_probs(v) for v in range(start, start + x.shape[0])]
+      blur = [p[0] for p in probs]
+      solarize = [p[1] for p in probs]
+
+      def colour_ops(k, x, blur_p, solarize_p):
+        # An op whose probability is 0 in every view of the group returns its input
+        # unchanged: skip it (its keys stay reserved, so the other draws do not move).
+        if cfg.jitter_prob > 0:
+          x = color_jitter(k[:, 0], x, cfg.jitter, cfg.jitter_prob)
+        if cfg.grayscale_prob > 0:
+          x = random_grayscale(k[:, 1], x, cfg.grayscale_prob)
+        if max(blur) > 0:
+          x = random_blur(k[:, 2], x, blur_p)
+        if max(solarize) > 0:
+          x = random_solarize(k[:, 3], x, solarize_p)
+        return normalize(x, cfg.mean, cfg.std)
+
+      y = jax.vmap(colour_ops)(k, x, jnp.asarray(blur), jnp.asarray(solarize))
+      out += [y[v] for v in range(y.shape[0])]
     return out
 
   def eval_view(self, images: jax.Array) -> jax.Array:
@@ -316,14 +332,16 @@ class DeviceCropRecipe(Recipe):
       return random_flip(k[:, 1], x)
 
     split = lambda key: jax.random.split(key, 2)
-    out = []
-    for v in range(self.num_global):
-      k = jax.vmap(lambda key: split(jax.random.fold_in(key, v)))(keys)
-      out.append(crop_flip(k, tuple(self.cfg.crop_scale), self.size))
-    for j in range(self.num_local):
-      out.append(crop_flip(jax.vmap(split)(local_keys[:, j]),
-                           tuple(self.cfg.local_crop_scale), self.local_size))
-    return out
+    # vmapped over the views of a group: one crop program per group, not one per view.
+    glob = jax.vmap(lambda v: crop_flip(
+        jax.vmap(lambda key: split(jax.random.fold_in(key, v)))(keys),
+        tuple(self.cfg.crop_scale), self.size))(jnp.arange(self.num_global))
+    local = None
+    if self.num_local:
+      local = jax.vmap(lambda k: crop_flip(jax.vmap(split)(k),
+                                           tuple(self.cfg.local_crop_scale),
+                                           self.local_size), in_axes=1)(local_keys)
+    return glob, local
 
 
 class HostCrops:
@@ -384,10 +402,8 @@ class HostCropRecipe(Recipe):
       raise ValueError(f"host crops: expected {self.num_global} global and {self.num_local} "
                        f"local crops per image, got {images.shape} and "
                        f"{None if local is None else local.shape}")
-    out = [images[:, v].astype(jnp.float32) / 255.0 for v in range(self.num_global)]
-    if local is not None:
-      out += [local[:, j].astype(jnp.float32) / 255.0 for j in range(self.num_local)]
-    return out
+    to_views = lambda x: jnp.swapaxes(x, 0, 1).astype(jnp.float32) / 255.0   # (V, B, ...)
+    return to_views(images), None if local is None else to_views(local)
 
 
 RECIPES = {"cifar": DeviceCropRecipe, "mocov3": HostCropRecipe}

@@ -190,6 +190,24 @@ def test_views_depend_on_seed_step_and_index_only():
   assert len(full) == 2 and full[0].shape == (6, 16, 16, 3)
 
 
+def test_each_view_takes_its_own_blur_and_solarize_probability():
+  # The views of a group run through the colour ops as one vmapped program: view 0 must be
+  # solarized (p=1) and not blurred (p=0), view 1 blurred (p=1) and not solarized (p=0).
+  images = jnp.asarray(np.random.default_rng(4).integers(0, 256, (4, 16, 16, 3), np.uint8))
+  index, step, key = jnp.arange(4), 3, jax.random.key(1)
+  r = recipe(jitter_prob=0.0, grayscale_prob=0.0, blur_prob=(0.0, 1.0),
+             solarize_prob=(1.0, 0.0))
+  views = [np.asarray(v) for v in r.views(images, index, step, key)]
+  keys = augment.sample_keys(key, step, index, 5 * 2 + 1)
+  crops = np.asarray(r.crops(keys[:, -1], None, images)[0])
+  unnorm = lambda v: v * np.asarray(r.cfg.std) + np.asarray(r.cfg.mean)
+  np.testing.assert_allclose(unnorm(views[0]),
+                             np.where(crops[0] < 128 / 255, crops[0], 1 - crops[0]), atol=1e-5)
+  blurred = np.asarray(augment.random_blur(keys[:, 7], jnp.asarray(crops[1]), 1.0))
+  np.testing.assert_allclose(unnorm(views[1]), blurred, atol=1e-5)
+  assert np.abs(blurred - crops[1]).max() > 0.05
+
+
 def test_images_stored_larger_than_the_network_input():
   # data.stored_size: crops come from the 32x32 originals, eval images are resized on device.
   images = jnp.asarray(np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), np.uint8))

@@ -247,11 +247,12 @@ class Recipe:
     return lambda image: host_ops.resize_center_crop(image, size, resize=size) \
         if image.shape[:2] != (size, size) else image
 
-  def crops(self, keys, local_keys, images):
+  def crops(self, keys, local_keys, images, num_global: int | None = None):
     """float crops in [0, 1], stacked per view group: ``(global, local)`` with global
-    (num_global, B, S, S, 3) and local (num_local, B, s, s, 3) or None; ``keys`` (B,) draw
-    the global crops, ``local_keys`` (B, num_local) the local ones (None without local
-    views)."""
+    (G, B, S, S, 3) and local (num_local, B, s, s, 3) or None; ``keys`` (B,) draw the global
+    crops, ``local_keys`` (B, num_local) the local ones (None without local views). ``G`` is
+    ``num_global`` when given (the first G global views: a vmapped program computes every
+    view it is given, so a caller that needs fewer says so), else all of them."""
     raise NotImplementedError
 
   def _view_probs(self, v: int) -> tuple[float, float]:
@@ -322,7 +323,7 @@ class Recipe:
 class DeviceCropRecipe(Recipe):
   """Crops and flips on the device from whole (small) images: the CIFAR recipe."""
 
-  def crops(self, keys, local_keys, images):
+  def crops(self, keys, local_keys, images, num_global=None):
     images = images.astype(jnp.float32) / 255.0
     height, width = images.shape[1:3]
 
@@ -335,7 +336,7 @@ class DeviceCropRecipe(Recipe):
     # vmapped over the views of a group: one crop program per group, not one per view.
     glob = jax.vmap(lambda v: crop_flip(
         jax.vmap(lambda key: split(jax.random.fold_in(key, v)))(keys),
-        tuple(self.cfg.crop_scale), self.size))(jnp.arange(self.num_global))
+        tuple(self.cfg.crop_scale), self.size))(jnp.arange(num_global or self.num_global))
     local = None
     if self.num_local:
       local = jax.vmap(lambda k: crop_flip(jax.vmap(split)(k),
@@ -393,7 +394,7 @@ class HostCropRecipe(Recipe):
     size = self.size
     return lambda image: host_ops.resize_center_crop(image, size)
 
-  def crops(self, keys, local_keys, images):
+  def crops(self, keys, local_keys, images, num_global=None):
     local = None
     if isinstance(images, dict):
       images, local = images["global"], images["local"]
@@ -403,7 +404,8 @@ class HostCropRecipe(Recipe):
                        f"local crops per image, got {images.shape} and "
                        f"{None if local is None else local.shape}")
     to_views = lambda x: jnp.swapaxes(x, 0, 1).astype(jnp.float32) / 255.0   # (V, B, ...)
-    return to_views(images), None if local is None else to_views(local)
+    return (to_views(images[:, :num_global or self.num_global]),
+            None if local is None else to_views(local))
 
 
 RECIPES = {"cifar": DeviceCropRecipe, "mocov3": HostCropRecipe}

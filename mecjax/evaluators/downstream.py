@@ -211,7 +211,7 @@ def train_view(recipe, images, index, step, key) -> jax.Array:
   (``config.aug.crop_scale``) and horizontal flip, normalised; no colour operations
   (the MEC / MoCo v3 probe's and SimCLR's fine-tuning augmentation)."""
   keys = augment.sample_keys(key, step, index, 1)
-  crop = recipe.crops(keys[:, 0], None, images)[0][0]   # the first global view
+  crop = recipe.crops(keys[:, 0], None, images, num_global=1)[0][0]   # global view 1
   return augment.normalize(crop, recipe.cfg.mean, recipe.cfg.std)
 
 

@@ -282,15 +282,13 @@ class Recipe:
       colour.append(by_view(local, n_local, 6)[:, :, :5])       # (L, B, 5)
       local_crop_keys = local[:, 5::6]
     crops = self.crops(keys[:, -1], local_crop_keys, images)
-    first = [0, g]
     out = []
     # Each group of same-sized views (the globals, the locals) goes through the colour ops
     # as one program vmapped over its views, with each view's own blur and solarize
     # probabilities: per image the same values as view by view, with half (or less) of the
     # program to trace and compile, and fewer, larger kernels on an accelerator.
-    for x, k, start in zip(crops, colour, first):
-      if x is None:
-        continue
+    # zip stops at ``colour``: without local views there is no second group.
+    for x, k, start in zip(crops, colour, (0, g)):
       probs = [self._view_probs(v) for v in range(start, start + x.shape[0])]
       blur = [p[0] for p in probs]
       solarize = [p[1] for p in probs]

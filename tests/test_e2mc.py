@@ -39,7 +39,8 @@ def test_e2mc_adds_the_criterion_on_the_online_embeddings(spec, transform, beta,
   assert plain.regularizer is None
   v, step = views(3), jnp.int32(5)
   objective, out, _ = plain.objective(params, state, None, v, step)
-  # The tensor METHODS.md names: the projector output before any normalisation.
+  # The tensor the official E2MC code regularises: the projector output before any
+  # normalisation.
   for o, x in zip(out.embeddings, v):
     want = plain.net.apply({"params": params, "batch_stats": state["batch_stats"]}, x,
                            train=True, method="embed", mutable=["batch_stats"])[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 
 import flax
 import jax
@@ -218,6 +219,48 @@ def test_a_registered_type_is_built_from_config_evals_and_run_at_its_cadence(tmp
   make_loop(tmp_path, evaluations=scheduled).run()
   assert built["tick"].steps == [4, 8, 10]
   assert [r["tick"] for r in rows(tmp_path) if "tick" in r] == [104.0, 108.0, 110.0]
+
+
+TOY_EVALUATOR = '''
+"""The steps seen so far, times cfg.scale: an evaluator type that is only this file."""
+
+
+class Evaluator:
+  def __init__(self, scale):
+    self.scale, self.seen = scale, 0
+
+  def run(self, state):
+    self.seen += 1
+    yield "toy_seen", self.seen * self.scale
+
+
+def build(name, cfg, context):
+  return Evaluator(cfg.scale)
+'''
+
+
+def test_a_new_evaluator_is_one_new_module_and_its_config_entry(tmp_path, monkeypatch):
+  """A module dropped beside the evaluators (here a folder added to the package's path) is
+  a type by its file name; its config.evals entry builds and schedules it, no other edit."""
+  import mecjax.evaluators
+  folder = tmp_path / "more_evaluators"
+  folder.mkdir()
+  (folder / "toy_counter.py").write_text(TOY_EVALUATOR)
+  monkeypatch.setattr(mecjax.evaluators, "__path__", [*mecjax.evaluators.__path__, str(folder)])
+  monkeypatch.delitem(sys.modules, "mecjax.evaluators.toy_counter", raising=False)
+  assert "toy_counter" in registry.known_types()
+  config = configlib.base()
+  with config.unlocked():
+    config.evals.toy = dict(type="toy_counter", every_steps=3, scale=0.5)
+  config.knn.enabled = False
+  config.probe.enabled = False
+  context = common.Context(config=config, train=None, load_eval=lambda: None, num_classes=0,
+                           features=None)
+  scheduled = registry.build_all(config, context, steps_per_epoch=4)
+  assert [(n, e) for n, _, e in scheduled] == [("toy", 3)]
+  make_loop(tmp_path / "run", evaluations=scheduled).run()
+  got = [(r["step"], r["toy_seen"]) for r in rows(tmp_path / "run") if "toy_seen" in r]
+  assert got == [(3, 0.5), (6, 1.0), (9, 1.5), (10, 2.0)]   # every 3 steps and the last
 
 
 def test_registry_cadence_falls_back_to_config_knn_and_unknown_types_stop():

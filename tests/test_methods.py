@@ -41,6 +41,67 @@ def views(seed=0):
   return [jnp.asarray(rng.normal(size=(BATCH, SIZE, SIZE, 3)), jnp.float32) for _ in range(2)]
 
 
+# ------------------------------------------------------------------- a new method
+
+TOY_METHOD = '''
+"""Align the two views' projections, loss = -scale mean cos(z1, z2): a method that is only
+this file."""
+
+import jax.numpy as jnp
+
+from mecjax.methods.base import Method
+
+
+class ToyAlign(Method):
+  name = "toy_align"
+
+  @staticmethod
+  def defaults():
+    return dict(scale=1.0)
+
+  def objective(self, params, state, target, views, step):
+    self.check_views(views)
+    online, batch_stats = self.forward_views(params, state["batch_stats"], views)
+    z1, z2 = (o["embedding"] / jnp.linalg.norm(o["embedding"], axis=-1, keepdims=True)
+              for o in online)
+    cos = jnp.mean(jnp.sum(z1 * z2, axis=-1))
+    loss = -self.config.toy_align.scale * cos
+    return loss, self.output({"toy_cos": cos}, {"batch_stats": batch_stats}, online), [(z1, z2)]
+'''
+
+
+def test_a_new_method_is_one_new_file_and_its_config_keys(tmp_path, monkeypatch):
+  """A module dropped beside the methods (here a folder added to the package's path) is
+  found by its class's name, brings its config block, and trains in the loop's own step
+  with no other edit."""
+  from mecjax import lowering
+  folder = tmp_path / "more_methods"
+  folder.mkdir()
+  (folder / "toy_align.py").write_text(TOY_METHOD)
+  monkeypatch.setattr(methods, "__path__", [*methods.__path__, str(folder)])
+  try:
+    monkeypatch.setattr(methods, "METHODS", methods.discover())
+  finally:
+    sys.modules.pop("mecjax.methods.toy_align", None)
+  assert methods.METHODS["toy_align"].__name__ == "ToyAlign" and "mec" in methods.METHODS
+  config = configlib.load(str(REPO / "configs" / "vicreg_cifar10.py:smoke"))
+  assert config.toy_align.scale == 1.0   # the block its defaults() declares
+  assert "toy_align.scale" in configlib.unknown_key_message(config, "toy_align.scal")
+  config.method = "toy_align"
+  config.toy_align.scale = 2.0
+  s = lowering.build_step(config, 8)
+  state, batch = lowering.concrete_inputs(s)
+  before = jax.tree.map(np.asarray, state.params)
+  for _ in range(2):   # the learning rate warms up from 0 at step 0
+    state, metrics = s.step(state, batch)
+  # The loop's step differentiated this file's objective with the configured scale.
+  np.testing.assert_allclose(float(metrics["loss"]), -2.0 * float(metrics["toy_cos"]),
+                             rtol=1e-5)
+  moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state.params,
+                       before)
+  assert max(jax.tree.leaves(moved["projector"])) > 0
+
+
 # ------------------------------------------------------------------------------ SwAV
 
 

@@ -1,20 +1,39 @@
-"""Methods, chosen by name (``config.method``): one file per family of methods."""
+"""Methods, chosen by name (``config.method``): one file per family of methods.
+
+``METHODS`` is found, not listed: every ``Method`` subclass that sets its own ``name`` in a
+module of this package is the method of that name, so a new method is one new file (its
+class, its ``defaults()`` block) and a config that names it.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from mecjax.configvalues import ConfigError
 from mecjax.methods.base import LossOutput, Method, RunInfo, SSLNet
-from mecjax.methods.mec import MEC
-from mecjax.methods.music import MUSIC
-from mecjax.methods.redundancy import BarlowTwins, VICReg
 from mecjax.methods.regularizers import REGULARIZERS
-from mecjax.methods.siamese import BYOL, SimSiam
-from mecjax.methods.simclr import SimCLR
-from mecjax.methods.swav import SwAV
 from mecjax.methods import teacher   # teacher.of(state): the EMA teacher's params + stats
 
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (MEC, MUSIC, SimSiam, BYOL, BarlowTwins, VICReg, SwAV, SimCLR)}
+
+def discover() -> dict[str, type[Method]]:
+  """``{name: class}`` of every ``Method`` subclass with its own ``name`` in the modules of
+  this package (the folders of its ``__path__``), in name order. Two classes of one name
+  stop with one line naming both."""
+  found: dict[str, type[Method]] = {}
+  for info in pkgutil.iter_modules(__path__):
+    module = importlib.import_module(f"{__name__}.{info.name}")
+    for cls in vars(module).values():
+      if (isinstance(cls, type) and issubclass(cls, Method) and cls is not Method
+          and cls.__module__ == module.__name__ and "name" in vars(cls)):
+        if cls.name in found:
+          raise ValueError(f"method name {cls.name!r} is taken by {found[cls.name].__module__}."
+                           f"{found[cls.name].__name__} and by {module.__name__}.{cls.__name__}")
+        found[cls.name] = cls
+  return dict(sorted(found.items()))
+
+
+METHODS: dict[str, type[Method]] = discover()
 
 
 def config_blocks() -> dict[str, dict]:

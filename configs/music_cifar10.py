@@ -1,4 +1,4 @@
-r"""MUSIC on CIFAR-10 with a CIFAR ResNet-18 (METHODS.md, MUSIC's CIFAR recipe).
+r"""MUSIC on CIFAR-10 with a CIFAR ResNet-18 (the MUSIC authors' CIFAR recipe).
 
   python -m mecjax.main --config=configs/music_cifar10.py --workdir=runs/music_cifar10 \
       --config.data.path=../shared/data/cifar10-jpeg.tar.gz

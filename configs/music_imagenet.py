@@ -1,4 +1,4 @@
-r"""MUSIC on ImageNet with ResNet-50 (METHODS.md, the official recipe; paper: 73.6% linear
+r"""MUSIC on ImageNet with ResNet-50 (the official recipe; paper: 73.6% linear
 top-1 after 1000 epochs).
 
   python -m mecjax.main --config=configs/music_imagenet.py --workdir=runs/music_imagenet \

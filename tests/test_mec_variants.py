@@ -130,8 +130,11 @@ BATCH, SIZE = 16, 16
 def build(variant, **mec):
   config = configlib.load(str(REPO / "configs" / "mec_cifar10.py"), variant)
   with config.unlocked():
-    for k, v in mec.items():
-      config.mec[k] = v
+    for k, v in mec.items():   # config.mec keys, or dotted paths from the config's root
+      node, leaf = (config, k.split(".")) if "." in k else (config.mec, [k])
+      for part in leaf[:-1]:
+        node = node[part]
+      node[leaf[-1]] = v
   run = methods.RunInfo(global_batch=BATCH, steps_per_epoch=4, total_steps=12)
   method = methods.get_method(config, run)
   params, state = method.init(jax.random.key(0), (BATCH, SIZE, SIZE, 3))
@@ -182,3 +185,30 @@ def test_bad_mec_keys_stop_with_one_line():
   with pytest.raises(configlib.ConfigError, match="method 'mec'"):
     methods.get_method(config, methods.RunInfo(global_batch=16, steps_per_epoch=4,
                                                 total_steps=12))
+
+
+def test_weight_sharing_reuses_the_online_embeddings_as_the_teacher():
+  # EMA momentum 0 throughout: the teacher is the online network, so the objective without
+  # its second forward pass equals the one that runs the teacher on target = params, in value
+  # and gradient, and the teacher's statistics are the online ones.
+  shared, params, state = build("smoke", **{"ema.momentum": 0.0, "ema.final_momentum": 0.0})
+  forward, _, _ = build("smoke", **{"ema.momentum": 0.0, "ema.final_momentum": 1e-9})
+  assert shared.shares_weights and not forward.shares_weights
+  rng = np.random.default_rng(2)
+  views = [jnp.asarray(rng.normal(size=(BATCH, SIZE, SIZE, 3)), jnp.float32) for _ in range(2)]
+  grad = lambda m: jax.value_and_grad(
+      lambda p: m.loss(p, state, params, views, jnp.int32(3)), has_aux=True)(params)
+  (loss_s, out_s), g_s = grad(shared)
+  (loss_f, out_f), g_f = grad(forward)
+  np.testing.assert_allclose(float(loss_s), float(loss_f), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_s), jax.tree.leaves(g_f)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  # The teacher's statistics where it runs (encoder and projector; it has no use for the
+  # predictor's, which now follow the online ones too).
+  teacher_part = lambda tree: {k: v for k, v in tree.items() if k != "predictor"}
+  assert set(out_s.state["target_batch_stats"]) == {"encoder", "projector", "predictor"}
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               teacher_part(out_s.state["target_batch_stats"]),
+               teacher_part(out_f.state["target_batch_stats"]))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b),
+               out_s.state["target_batch_stats"], out_s.state["batch_stats"])

@@ -2,7 +2,8 @@
 
 Network: encoder -> projector -> predictor (online); the teacher is encoder -> projector
 with the EMA target parameters (``optim.ema_target``), run with batch statistics, no
-gradient. Views pair crossed: teacher of view 1 with the online prediction of view 2 and
+gradient. With the EMA momentum 0 throughout (weight sharing) the teacher's outputs are the
+online embeddings under a stop-gradient, reused rather than recomputed. Views pair crossed: teacher of view 1 with the online prediction of view 2 and
 the reverse,
 
     loss = ( mec_loss(t1, o2) + mec_loss(t2, o1) ) / 2
@@ -82,6 +83,14 @@ class MEC(Method):
     if config.mec.objective not in losses.mec.OBJECTIVES:
       raise ConfigError(f"config.mec.objective={config.mec.objective!r}: expected one of "
                         f"{list(losses.mec.OBJECTIVES)}")
+    # EMA momentum 0 at every step (``ema.momentum = ema.final_momentum = 0``: weight sharing,
+    # SimSiam's structure): the target equals the online parameters, and BN in train mode
+    # normalises by the batch whatever its running statistics, so the teacher's outputs are
+    # the online embeddings of the global views. They are reused under a stop-gradient
+    # instead of a second forward pass (a quarter of the step's FLOPs), and the teacher's
+    # statistics follow the online ones.
+    self.shares_weights = (float(config.ema.momentum) == 0.0
+                           and float(config.ema.final_momentum) == 0.0)
     self.adapt_bound = config.mec.adapt_bound
     if self.adapt_bound is not None and not self.adapt_bound > 0:
       raise ConfigError(f"config.mec.adapt_bound={self.adapt_bound}: expected a positive "
@@ -96,8 +105,11 @@ class MEC(Method):
   def objective(self, params, state, target, views, step):
     self.check_views(views)
     online, batch_stats = self.forward_views(params, state["batch_stats"], views)
-    teacher, target_stats = self.forward_views(target, state[TEACHER_STATS],
-                                               views[:self.num_global], method="embed")
+    if self.shares_weights:
+      teacher, target_stats = online[:self.num_global], batch_stats
+    else:
+      teacher, target_stats = self.forward_views(target, state[TEACHER_STATS],
+                                                 views[:self.num_global], method="embed")
     t = [jax.lax.stop_gradient(o["embedding"]) for o in teacher]
     o = [out["prediction"] for out in online]
     pairs = [(t[g], o[v]) for g, v in pairing.to_globals(len(views), self.num_global)]

@@ -200,3 +200,15 @@ def test_mlp_head_layout():
   assert np.abs(np.asarray(pred["linear0"]["dense"]["kernel"])).max() <= bound
   with pytest.raises(ValueError, match="out_bn"):
     init(MLPHead(hidden=(), out_dim=3, out_bn="yes"), (2, 3), train=True)
+
+
+@pytest.mark.parametrize("spelt", ["none", "None"])
+def test_a_head_block_out_bn_spelt_none_on_the_command_line_is_no_bn(spelt):
+  import ml_collections
+  from mecjax.methods.base import mlp_head
+  cfg = ml_collections.ConfigDict(dict(hidden=(8,), out_dim=4, out_bn=spelt, out_bias=True))
+  head = mlp_head(cfg, jnp.float32)
+  assert head.out_bn is None
+  assert set(init(head, (3, 5), train=True)["params"]) == {"linear0", "bn0", "linear1"}
+  cfg.out_bn = "no_affine"
+  assert mlp_head(cfg, jnp.float32).out_bn == "no_affine"

@@ -69,7 +69,9 @@ def mlp_head(cfg, dtype, kernels: str = "auto") -> models.MLPHead | None:
   ``kernels``: ``config.model.kernels``."""
   if not cfg.out_dim:
     return None
-  return models.MLPHead(hidden=tuple(cfg.hidden), out_dim=cfg.out_dim, out_bn=cfg.out_bn,
+  # The command line can only spell None as a string: --config.projector.out_bn=none.
+  out_bn = None if str(cfg.out_bn).lower() in ("none", "") else cfg.out_bn
+  return models.MLPHead(hidden=tuple(cfg.hidden), out_dim=cfg.out_dim, out_bn=out_bn,
                         out_bias=cfg.get("out_bias", True), dtype=dtype, kernels=kernels)
 
 

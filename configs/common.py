@@ -124,9 +124,10 @@ def e2mc_continuation(c, *, beta: float, gamma: float, transform: str, epochs: f
                       eps: float = 1e-7, lr_fraction: float = 0.01,
                       batch_size: int = 512) -> None:
   """E2MC continued pre-training on top of a base method's config ``c``, as the official
-  E2MC code runs it: the base loss plus E2MC, ``epochs`` more epochs at ``lr_fraction`` x the base learning rate,
-  kept constant (no warm-up, no decay: the official code fixes it), batch ``batch_size``,
-  everything else as the base method. ``continued()`` turns E2MC off for the ablation."""
+  E2MC code runs it: the base loss plus E2MC, ``epochs`` more epochs at ``lr_fraction`` x the
+  base learning rate, kept constant (no warm-up, no decay: the official code fixes it),
+  batch ``batch_size``, everything else as the base method. ``continued()`` turns E2MC off
+  for the ablation."""
   c.regularizer.name = "e2mc"
   c.regularizer.weight = 1.0
   c.e2mc.beta = beta

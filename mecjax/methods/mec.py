@@ -3,8 +3,8 @@
 Network: encoder -> projector -> predictor (online); the teacher is encoder -> projector
 with the EMA target parameters (``optim.ema_target``), run with batch statistics, no
 gradient. With the EMA momentum 0 throughout (weight sharing) the teacher's outputs are the
-online embeddings under a stop-gradient, reused rather than recomputed. Views pair crossed: teacher of view 1 with the online prediction of view 2 and
-the reverse,
+online embeddings under a stop-gradient, reused rather than recomputed. Views pair crossed:
+teacher of view 1 with the online prediction of view 2 and the reverse,
 
     loss = ( mec_loss(t1, o2) + mec_loss(t2, o1) ) / 2
          = -(lamda_inv / 2m) (T(t1, o2) + T(t2, o1))

@@ -87,8 +87,9 @@ class E2mcRegularizer(Regularizer):
   """``e2mc``: E2MC's effective-entropy criterion on the online embeddings of the two global
   views (``config.e2mc``), with gradient into them: VICReg's raw expander output, SwAV's
   un-normalised head output, SimSiam's projector output (before the predictor), MEC's
-  projector output (the tensors the official E2MC code regularises for each base). Logs ``entropy`` (the mean
-  marginal entropy H, averaged over the views) and ``cov`` (Cov1 + Cov2) separately."""
+  projector output (the tensors the official E2MC code regularises for each base). Logs
+  ``entropy`` (the mean marginal entropy H, averaged over the views) and ``cov``
+  (Cov1 + Cov2) separately."""
 
   @staticmethod
   def defaults():

@@ -124,8 +124,8 @@ def colab_gpu(c):
   # analysis of this encoder's forward pass at 32x32 is 0.97 GFLOP per image; a step costs
   # 6 forward passes per image (2 views x (forward + backward = 3); weight sharing runs no
   # teacher forward), 5.8 GFLOP. mecjax computes in float32 (bfloat16 is no tensor-core
-  # type on a T4, nor tf32), so the T4's 8.1 TFLOP/s float32 peak bounds it; at an assumed 1.5 TFLOP/s
-  # sustained (about 18%, the rate T4 float32 ResNet training usually reaches)
+  # type on a T4, nor tf32), so the T4's 8.1 TFLOP/s float32 peak bounds it; at an assumed
+  # 1.5 TFLOP/s sustained (about 18%, the rate T4 float32 ResNet training usually reaches)
   # that is ~260 images/s, ~195 s an epoch of 50k images.
   # 5 epochs ~16 min, the final kNN (60k forwards) and compilation the rest. On an A100 or
   # L4 add --config.model.dtype=bfloat16 and more epochs.

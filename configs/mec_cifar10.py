@@ -91,7 +91,7 @@ def cpu(c):
   c.predictor.hidden = (256,)
   c.predictor.out_dim = 1024
   c.mec.objective = "logdet"
-  c.mec.eps_sq = 0.12 * 1024
+  _paper_eps(c)
   c.optim.name = "lars"
   c.optim.trust_coefficient = 0.02
   c.optim.exclude_1d = True
@@ -141,9 +141,13 @@ def colab_gpu(c):
   c.log_every_steps = 50
 
 
+def _set_eps_d2(c, eps_d2: float):
+  # eps_d^2 = eps_sq / d, d the embedding width the earlier variants set.
+  c.mec.eps_sq = eps_d2 * (c.predictor.out_dim or c.projector.out_dim)
+
+
 def _paper_eps(c):
-  # eps_d^2 = eps_sq / d = 0.12 at the width the earlier variants set.
-  c.mec.eps_sq = 0.12 * (c.predictor.out_dim or c.projector.out_dim)
+  _set_eps_d2(c, 0.12)
 
 
 def logdet(c):
@@ -156,7 +160,7 @@ def taylor(c):
   # lamda warm-up ends, past the series' radius, and the embedding collapsed (effective rank
   # 130 -> 6 in 2 epochs at SGD lr 0.5); 0.5 (lamda_inv 128) keeps ||C||_2 under 1.
   c.mec.objective = "taylor"
-  c.mec.eps_sq = 0.5 * (c.predictor.out_dim or c.projector.out_dim)
+  _set_eps_d2(c, 0.5)
 
 
 def adaptive(c):

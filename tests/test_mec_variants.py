@@ -131,10 +131,10 @@ def build(variant, **mec):
   config = configlib.load(str(REPO / "configs" / "mec_cifar10.py"), variant)
   with config.unlocked():
     for k, v in mec.items():   # config.mec keys, or dotted paths from the config's root
-      node, leaf = (config, k.split(".")) if "." in k else (config.mec, [k])
-      for part in leaf[:-1]:
+      node, (*parents, leaf) = config, (k if "." in k else f"mec.{k}").split(".")
+      for part in parents:
         node = node[part]
-      node[leaf[-1]] = v
+      node[leaf] = v
   run = methods.RunInfo(global_batch=BATCH, steps_per_epoch=4, total_steps=12)
   method = methods.get_method(config, run)
   params, state = method.init(jax.random.key(0), (BATCH, SIZE, SIZE, 3))

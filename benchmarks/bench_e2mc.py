@@ -1,22 +1,36 @@
-"""E2MC continued pre-training vs the "continued" ablation on the shared CIFAR-10.
+"""E2MC continued pre-training against the "continued" ablation and E2MC's ablation criteria,
+from one base, on the shared CIFAR-10.
 
   python benchmarks/bench_e2mc.py --data=../shared/data/cifar10-jpeg.tar.gz \
-      --bases=runs/bench_methods --workdir=runs/bench_e2mc [--methods=vicreg,swav,simsiam]
-      [--seed=0] [--variant=short]
+      --workdir=runs/bench_e2mc --base=vicreg --base-epochs=12 \
+      [--criteria=e2mc,continued,vc,au,mmcr] [--seeds=0,1] [--variant=] [--knn-every=1]
 
-For each base method, its ``cpu``-variant run in ``BASES/<method>`` (bench_methods.py writes
-them) is continued twice with the same seed and budget: ``configs/e2mc_<method>_cifar10.py:
-<variant>`` (base loss + E2MC) and ``:<variant>,continued`` (base loss alone), each the
-README's command in a child process. Printed per base: kNN top-1 (k=200, T=0.1, BN eval
-mode, full train bank / test queries) of the base checkpoint (its own last evaluation) and
-after each continuation, the E2MC terms (entropy H, covariance) at the end of each run, the
-wall minutes; then a markdown table. An existing finished workdir is only read.
+1. The base: ``configs/<base>_cifar10.py:cpu`` for ``--base-epochs`` (seed 0), in
+   ``WORKDIR/base_<base>``; ``--bases=DIR`` reads ``DIR/<base>`` instead (bench_methods.py's
+   runs) and trains nothing.
+2. From those weights, for each seed and criterion, ``configs/e2mc_<base>_cifar10.py:<variant>``
+   with the criterion's variant (``e2mc``: none; ``continued``: the base loss alone; ``vc``,
+   ``au``, ``mmcr``: that criterion in E2MC's place): the paper's protocol, 10 epochs at
+   0.01 x the base learning rate, constant, batch 512, unless ``--variant=short`` (1 epoch).
+   Same data order and augmentation for every criterion of a seed. kNN every
+   ``--knn-every`` epochs (the curves of E2MC paper Fig. 3: ``python -m mecjax.evaluate
+   curves`` over the runs, printed at the end).
+3. For the base and every continuation: the offline linear probe (``configs/linear_cifar10.py``,
+   MEC's protocol: frozen encoder, BN-Linear, 100 epochs on cached un-augmented features) and
+   ``python -m mecjax.evaluate e2mc`` (E2MC's H and Cov of the embedding on 2048 test images,
+   before and after, the same way for every run).
+
+Each step is the README's command in a child process, and is skipped where its output is
+there already, so the bench can be stopped and resumed. Printed: a row per criterion with the
+mean over seeds and half the range of kNN top-1 (k=200, T=0.1, BN eval mode, full train bank,
+test queries), linear top-1, H and Cov; the base's own figures; the wall minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -24,8 +38,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.join(HERE, "..")
 sys.path.insert(0, REPO)
+sys.path.insert(0, HERE)
 
 from mecjax.metric_writers import read_metrics  # noqa: E402
+import bench_methods  # noqa: E402
+import timing  # noqa: E402
+
+CRITERIA = {"e2mc": [], "continued": ["continued"], "vc": ["vc"], "au": ["au"],
+            "mmcr": ["mmcr"]}
 
 
 def last(rows, key):
@@ -33,57 +53,116 @@ def last(rows, key):
   return values[-1] if values else float("nan")
 
 
-def run_one(method: str, ablation: bool, args) -> dict:
-  name = f"{method}_{'continued' if ablation else 'e2mc'}"
-  workdir = os.path.join(args.workdir, name)
-  variant = args.variant + (",continued" if ablation else "")
-  cmd = [sys.executable, "-m", "mecjax.main",
-         f"--config=configs/e2mc_{method}_cifar10.py:{variant}", f"--workdir={workdir}",
-         f"--config.data.path={args.data}",
-         f"--config.init.workdir={os.path.join(args.bases, method)}",
-         f"--config.seed={args.seed}"]
-  out = {"cmd": " ".join(["python"] + cmd[1:]), "wall_min": float("nan")}
-  rows = read_metrics(workdir) if os.path.exists(workdir) else []
-  if not (rows and "knn_top1" in rows[-1]):
-    print("$", out["cmd"], flush=True)
-    t = time.time()
-    subprocess.run(cmd, cwd=REPO, check=True)
-    out["wall_min"] = (time.time() - t) / 60
+def command(args: list[str], done) -> float:
+  """Runs ``python ARGS`` in the repository unless ``done()``; wall minutes (nan: skipped)."""
+  if done():
+    return float("nan")
+  cmd = [sys.executable, *args]
+  print("$", " ".join(["python", *args]), flush=True)
+  t = time.time()
+  subprocess.run(cmd, cwd=REPO, check=True)
+  return (time.time() - t) / 60
+
+
+def trained(workdir) -> bool:
+  """A finished run: its last training step has a kNN row."""
+  rows = metrics(workdir)
+  steps = [r["step"] for r in rows if "loss" in r]
+  return bool(steps) and any("knn_top1" in r and r["step"] == steps[-1] for r in rows)
+
+
+def evaluate(workdir: str, args, *, pictures: bool = True) -> dict:
+  """Offline linear probe and (for a continuation) E2MC's H and Cov of ``workdir``'s run."""
+  linear = workdir + "_linear"
+  command(["-m", "mecjax.main", "--config=configs/linear_cifar10.py", f"--workdir={linear}",
+           f"--config.init.workdir={workdir}", f"--config.data.path={args.data}"],
+          lambda: any("linear_top1" in r for r in metrics(linear)))
+  rows = read_metrics(workdir)
+  if pictures:
+    command(["-m", "mecjax.evaluate", "e2mc", f"--workdir={workdir}", "--examples=2048"],
+            lambda: any("eval_entropy" in r for r in rows))
     rows = read_metrics(workdir)
-  out.update(knn=100 * last(rows, "knn_top1"), probe=100 * last(rows, "probe_top1"),
-             steps=last(rows, "step"))
-  return out
+  return {"knn": 100 * last([r for r in rows if "knn_top1" in r and "knn_k" not in r],
+                            "knn_top1"),
+          "linear": 100 * last(metrics(linear), "linear_top1"),
+          "H": last(rows, "eval_entropy"), "Cov": last(rows, "eval_cov"),
+          "H0": last(rows, "eval_entropy_init"), "Cov0": last(rows, "eval_cov_init"),
+          "steps": last([r for r in rows if "loss" in r], "step")}
+
+
+def spread(xs, fmt: str = ".2f") -> str:
+  """Mean (half the range) of the finite ``xs``."""
+  xs = [x for x in xs if x == x]
+  if not xs:
+    return "n/a"
+  if len(xs) == 1:
+    return f"{xs[0]:{fmt}}"
+  return f"{statistics.mean(xs):{fmt}} ({(max(xs) - min(xs)) / 2:{fmt}})"
+
+
+def metrics(workdir) -> list[dict]:
+  return read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
 
 
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--data", required=True)
-  p.add_argument("--bases", default="runs/bench_methods")
   p.add_argument("--workdir", default="runs/bench_e2mc")
-  p.add_argument("--methods", default="vicreg,swav,simsiam")
-  p.add_argument("--variant", default="short")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--base", default="vicreg")
+  p.add_argument("--base-epochs", type=float, default=12)
+  p.add_argument("--bases", default=None, help="read DIR/<base> instead of training a base")
+  p.add_argument("--criteria", default=",".join(CRITERIA))
+  p.add_argument("--seeds", default="0,1")
+  p.add_argument("--variant", default="")
+  p.add_argument("--knn-every", type=float, default=1.0)
   args = p.parse_args()
-  table = []
-  for method in args.methods.split(","):
-    base_rows = read_metrics(os.path.join(args.bases, method))
-    before = 100 * last(base_rows, "knn_top1")
-    e2mc, cont = run_one(method, False, args), run_one(method, True, args)
-    e2mc_rows = read_metrics(os.path.join(args.workdir, f"{method}_e2mc"))
-    cont_rows = read_metrics(os.path.join(args.workdir, f"{method}_continued"))
-    row = (method, before, e2mc["knn"], cont["knn"], e2mc["steps"],
-           last(e2mc_rows, "reg_entropy"), last(e2mc_rows, "reg_cov"),
-           e2mc["wall_min"], cont["wall_min"], args.seed)
-    table.append(row)
-    print(f"{method}: kNN before {before:.2f}, +E2MC {e2mc['knn']:.2f}, +continued "
-          f"{cont['knn']:.2f} ({e2mc['steps']} steps; H {row[5]:.4f}, Cov {row[6]:.5f}; "
-          f"seed {args.seed})", flush=True)
-  print("\n| base (cpu checkpoint) | kNN before | + E2MC | + continued | steps | E2MC run: H / Cov "
-        "at the end | wall min (E2MC / continued) | seed |")
-  print("|---|---|---|---|---|---|---|---|")
-  for m, b, e, c, s, h, cov, we, wc, seed in table:
-    print(f"| {m} | {b:.2f} | {e:.2f} | {c:.2f} | {s} | {h:.4f} / {cov:.5f} | {we:.1f} / "
-          f"{wc:.1f} | {seed} |")
+  args.data = os.path.abspath(args.data)
+  args.workdir = os.path.abspath(args.workdir)
+  print(timing.machine_line(), flush=True)
+
+  # ---- the base
+  if args.bases:
+    base_dir = os.path.abspath(os.path.join(args.bases, args.base))
+  else:
+    base_dir = os.path.join(args.workdir, f"base_{args.base}")
+    bench_methods.train(f"configs/{args.base}_cifar10.py:cpu", base_dir, args.data,
+                        [f"--config.total_epochs={args.base_epochs:g}", "--config.seed=0"])
+  base = evaluate(base_dir, args, pictures=False)
+  print(f"base {args.base}: kNN {base['knn']:.2f}%, linear {base['linear']:.2f}% at step "
+        f"{base['steps']}", flush=True)
+
+  # ---- the continuations
+  results, walls = {}, {}
+  for seed in [int(s) for s in args.seeds.split(",")]:
+    for name in args.criteria.split(","):
+      variant = ",".join([v for v in [args.variant, *CRITERIA[name]] if v])
+      workdir = os.path.join(args.workdir, f"{name}_seed{seed}")
+      wall = command(["-m", "mecjax.main", f"--config=configs/e2mc_{args.base}_cifar10.py:{variant}",
+                      f"--workdir={workdir}", f"--config.data.path={args.data}",
+                      f"--config.init.workdir={base_dir}", f"--config.seed={seed}",
+                      f"--config.knn.every_epochs={args.knn_every:g}"],
+                     lambda: trained(workdir))
+      walls.setdefault(name, []).append(wall)
+      results.setdefault(name, []).append(evaluate(workdir, args))
+      r = results[name][-1]
+      print(f"{name} seed {seed}: kNN {r['knn']:.2f}%, linear {r['linear']:.2f}%, "
+            f"H {r['H']:.4f} (start {r['H0']:.4f}), Cov {r['Cov']:.5f} (start {r['Cov0']:.5f})"
+            f" | {r['steps']} steps, {wall:.1f} min", flush=True)
+
+  # ---- the table
+  seeds = args.seeds.replace(",", ", ")
+  print(f"\n| from {args.base} (kNN {base['knn']:.2f}%, linear {base['linear']:.2f}%) | kNN top-1 % "
+        f"| linear top-1 % | H | Cov | wall min | seeds |")
+  print("|---|---|---|---|---|---|---|")
+  for name, rs in results.items():
+    cells = [spread([r[k] for r in rs]) for k in ("knn", "linear")]
+    h, cov = spread([r["H"] for r in rs], ".4f"), spread([r["Cov"] for r in rs], ".5f")
+    print(f"| {name} | {cells[0]} | {cells[1]} | {h} | {cov} | "
+          f"{spread(walls[name])} | {seeds} |")
+  runs = [os.path.join(args.workdir, f"{n}_seed0") for n in results]
+  print("\nkNN over the continued epochs (E2MC paper Fig. 3):\n  python -m mecjax.evaluate curves "
+        f"--runs {' '.join(runs)} --labels {' '.join(results)} --metric=knn_top1 "
+        f"--out={os.path.join(args.workdir, 'curves_knn.png')}")
 
 
 if __name__ == "__main__":

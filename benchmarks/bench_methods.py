@@ -1,18 +1,20 @@
-"""Every method's `cpu` variant on the shared CIFAR-10 under one wall-clock budget.
+"""Every method's `cpu` variant on the shared CIFAR-10 under one budget, seeds side by side.
 
   python benchmarks/bench_methods.py --data=../shared/data/cifar10-jpeg.tar.gz \
-      --workdir=runs/bench_methods [--methods=mec,music,...] [--seed=0]
+      --workdir=runs/bench_methods [--methods=mec,music,...] [--seeds=0,1]
 
-Each method trains for the number of epochs that fills the same budget of training time on
-the reference machine (``EPOCHS``: the budget x the method's measured images/s / 50000,
-pinned so that a re-run repeats the same steps and reproduces the figures; a wall-clock stop
-would cut a different cosine schedule on every run). Each run is the README's command in a
-child process (``--config=configs/<method>_cifar10.py:cpu --config.total_epochs=E``), timed
-by the OS (wall clock and the child's own peak RSS, from wait4). Printed per method: kNN
+Each run is the README's command for ``configs/<method>_cifar10.py:cpu`` with
+``--config.seed=S``, in a child process, timed by the OS (wall clock and the child's own peak
+RSS, from wait4). The `cpu` variants share one budget: the same number of epochs (each
+variant's ``total_epochs``: 6, 1170 steps of batch 256, what the MEC `cpu` variant trains in
+18 minutes on a 2-core Zen 5 VM; 15-21 minutes for every method there), each at the
+learning rate the short-run sweep chose (bench_sweep.py). Printed per method and seed: kNN
 top-1 (k=200, T=0.1, BN eval mode, full train bank / test queries) and the online probe's
 top-1 at the end, images/s (median of the logged intervals, compilation and evaluation
-excluded), training minutes, wall minutes, peak host memory, seed; then a markdown table.
-An existing finished workdir is only read.
+excluded), training minutes, wall minutes, peak host memory, the embedding's effective rank
+at the end; then a markdown table with the mean over seeds and half their range. A finished
+workdir (``WORKDIR/<method>`` for seed 0, ``WORKDIR/<method>_seed<S>`` for the others) is
+only read.
 """
 
 from __future__ import annotations
@@ -33,21 +35,16 @@ from mecjax.metric_writers import read_metrics  # noqa: E402
 import timing  # noqa: E402
 
 TRAIN_IMAGES = 50_000
-BUDGET_MIN = 10.25
-# Images/s of each cpu variant on the reference machine (AMD EPYC, 2 vCPU; 0.25-epoch runs of
-# each config, 2026-11-23) and the epochs that fill BUDGET_MIN of training at that speed.
-IMAGES_PER_SEC = {'mec': 243, 'music': 275, 'simsiam': 289, 'byol': 247, 'barlow_twins': 298, 'vicreg': 292, 'swav': 266, 'simclr': 295}
-# EPOCHS[m] = BUDGET_MIN x 60 x IMAGES_PER_SEC[m] / 50000, to 0.05 epoch (written out so the
-# command lines stay as printed).
-EPOCHS = {"mec": 3.0, "music": 3.4, "simsiam": 3.55, "byol": 3.05, "barlow_twins": 3.65,
-          "vicreg": 3.6, "swav": 3.25, "simclr": 3.65}
+METHODS = ("mec", "music", "simsiam", "byol", "barlow_twins", "vicreg", "swav", "simclr")
 
 
-def run_one(method: str, args) -> dict:
-  workdir = os.path.join(args.workdir, method)
-  cmd = [sys.executable, "-m", "mecjax.main", f"--config=configs/{method}_cifar10.py:cpu",
-         f"--workdir={workdir}", f"--config.data.path={args.data}",
-         f"--config.total_epochs={EPOCHS[method]}", f"--config.seed={args.seed}"]
+def train(config: str, workdir: str, data: str, overrides=()) -> dict:
+  """Runs ``python -m mecjax.main --config=CONFIG`` in a child process unless ``workdir``
+  already holds a finished run (a kNN row at its end), and reads the figures back: kNN and
+  online-probe top-1 (%), images/s (median of the logged intervals), the last step and the
+  embedding's effective rank then; wall minutes and peak RSS (GiB) when it ran here."""
+  cmd = [sys.executable, "-m", "mecjax.main", f"--config={config}", f"--workdir={workdir}",
+         f"--config.data.path={data}", *overrides]
   out = {"cmd": " ".join(["python"] + cmd[1:])}
   rows = read_metrics(workdir) if os.path.exists(workdir) else []
   if not (rows and "knn_top1" in rows[-1]):
@@ -58,43 +55,63 @@ def run_one(method: str, args) -> dict:
     out["wall_min"] = (time.time() - t) / 60
     out["peak_gib"] = usage.ru_maxrss / 2**20
     if status:
-      raise SystemExit(f"{method}: the training run failed (status {status})")
+      raise SystemExit(f"{config}: the training run in {workdir} failed (status {status})")
     rows = read_metrics(workdir)
   train_rows = [r for r in rows if "examples_per_sec" in r]
   rates = [r["examples_per_sec"] for r in train_rows]
-  out["images_per_sec"] = statistics.median(rates) if rates else float("nan")
+  ranks = [r["effective_rank"] for r in rows if "effective_rank" in r]
   last = rows[-1]
-  out["train_min"] = last["step"] * 256 / out["images_per_sec"] / 60
-  out.update(knn=100 * last["knn_top1"], probe=100 * last.get("probe_top1", float("nan")),
-             step=last["step"], epochs=EPOCHS[method])
+  out.update(images_per_sec=statistics.median(rates) if rates else float("nan"),
+             knn=100 * last["knn_top1"], probe=100 * last.get("probe_top1", float("nan")),
+             step=last["step"], rank=ranks[-1] if ranks else float("nan"))
   return out
+
+
+def run_one(method: str, seed: int, args) -> dict:
+  name = method if seed == 0 else f"{method}_seed{seed}"
+  out = train(f"configs/{method}_cifar10.py:cpu", os.path.join(args.workdir, name),
+              args.data, [f"--config.seed={seed}"])
+  out["train_min"] = out["step"] * 256 / out["images_per_sec"] / 60
+  out["epochs"] = out["step"] * 256 / TRAIN_IMAGES
+  return out
+
+
+def spread(xs, fmt=".2f") -> str:
+  """Mean (half the range) of ``xs``; the value alone for one."""
+  xs = [x for x in xs if x == x]
+  if len(xs) < 2:
+    return f"{xs[0]:{fmt}}" if xs else "n/a"
+  return f"{statistics.mean(xs):{fmt}} ({(max(xs) - min(xs)) / 2:{fmt}})"
 
 
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--data", required=True)
   p.add_argument("--workdir", default="runs/bench_methods")
-  p.add_argument("--methods", default=",".join(EPOCHS))
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--seeds", default="0", help="comma-separated; e.g. 0,1")
   args = p.parse_args()
   args.data = os.path.abspath(args.data)
   args.workdir = os.path.abspath(args.workdir)
   print(timing.machine_line())
   results = {}
   for m in args.methods.split(","):
-    results[m] = run_one(m, args)
-    r = results[m]
-    print(f"{m}: kNN {r['knn']:.2f}% probe {r['probe']:.2f}% | {r['images_per_sec']:.0f} img/s | "
-          f"{r['epochs']} epochs ({r['step']} steps, ~{r['train_min']:.1f} min training) | wall {r.get('wall_min', float('nan')):.1f}"
-          f" min | peak {r.get('peak_gib', float('nan')):.2f} GiB", flush=True)
-  print(f"\n| method | epochs (steps) | kNN top-1 | online probe top-1 | images/s | "
-        f"training min | wall min | peak memory GiB | seed |")
-  print("|---|---|---|---|---|---|---|---|---|")
-  for m, r in results.items():
-    print(f"| {m} | {r['epochs']} ({r['step']}) | {r['knn']:.2f} | {r['probe']:.2f} | "
-          f"{r['images_per_sec']:.0f} | {r['train_min']:.1f} | "
-          f"{r.get('wall_min', float('nan')):.1f} | "
-          f"{r.get('peak_gib', float('nan')):.2f} | {args.seed} |")
+    for seed in [int(x) for x in args.seeds.split(",")]:
+      r = results.setdefault(m, {})[seed] = run_one(m, seed, args)
+      print(f"{m} seed {seed}: kNN {r['knn']:.2f}% probe {r['probe']:.2f}% rank {r['rank']:.1f} | "
+            f"{r['images_per_sec']:.0f} img/s | {r['epochs']:g} epochs ({r['step']} steps, "
+            f"~{r['train_min']:.1f} min training) | wall {r.get('wall_min', float('nan')):.1f} "
+            f"min | peak {r.get('peak_gib', float('nan')):.2f} GiB", flush=True)
+  print("\n| method | epochs (steps) | kNN top-1 % | online probe top-1 % | images/s | "
+        "training min | wall min | peak memory GiB | effective rank at the end | seeds |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for m, by_seed in results.items():
+    rs = list(by_seed.values())
+    col = lambda key, fmt=".2f": spread([r.get(key, float("nan")) for r in rs], fmt)
+    print(f"| {m} | {rs[0]['epochs']:g} ({rs[0]['step']}) | {col('knn')} | {col('probe')} | "
+          f"{col('images_per_sec', '.0f')} | {col('train_min', '.1f')} | "
+          f"{col('wall_min', '.1f')} | {col('peak_gib')} | {col('rank', '.1f')} | "
+          f"{', '.join(map(str, by_seed))} |")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,11 @@ paper's VICReg setting); 10 epochs at 0.01 x VICReg's learning rate (constant), 
 encoder and expander from ``config.init.workdir`` (default runs/vicreg_cifar10_cpu).
 
 Variants: ``smoke`` (CI: from runs/vicreg_cifar10_smoke), ``short`` (1 epoch),
-``continued`` (no E2MC); they compose: ``:short,continued``.
+``continued`` (no E2MC); they compose: ``:short,continued``. E2MC's ablation criteria in
+E2MC's place, on the same raw expander output (paper Table 3 runs them on SwAV; here they
+continue the same VICReg weights beside E2MC): ``vc`` (variance-covariance, mu 0.1, nu 0.001,
+in the L2-normalised space, on top of VICReg's own raw-space terms), ``au`` (uniformity, t 2,
+lambda 0.5), ``mmcr`` (nuclear norm of the view centroids, lambda 0.005).
 """
 
 import os
@@ -47,4 +51,5 @@ def colab_gpu(c):
   c.total_epochs = 1
 
 
-VARIANTS = {**common.E2MC_CIFAR_VARIANTS, "colab_gpu": colab_gpu}
+VARIANTS = {**common.E2MC_CIFAR_VARIANTS, **common.E2MC_ABLATION_VARIANTS,
+            "colab_gpu": colab_gpu}

@@ -21,6 +21,11 @@ weights the run started from (``config.init``) with its latest checkpoint, on th
 - ``e2mc_neighbours.png``: histograms of the Euclidean distances of each L2-normalised
   embedding to its 1st and 100th nearest neighbour, before vs after (paper Fig. 4).
 The embedding is the tensor E2MC acts on: the projector output, before any normalisation.
+Also prints E2MC's two terms of that embedding on those images, before and after (H, the
+mean marginal m-spacings entropy, and Cov, both of one view, with the run's squash and eps),
+and appends them to RUN/metrics.jsonl under the checkpoint's step (``eval_entropy``,
+``eval_cov``; ``eval_entropy_init``, ``eval_cov_init`` for the weights it started from): the
+same figures for E2MC, the continued ablation and the other criteria.
 
 ``plots``: PNG files in RUN/plots/ of RUN's latest checkpoint, from a class-balanced
 ``--examples`` images of the eval split, BN in eval mode (pictures from ``mecjax.plots``):
@@ -157,8 +162,10 @@ def e2mc_pictures(args) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import jax.numpy as jnp
   import numpy as np
-  from mecjax.losses.entropy import TRANSFORMS, squash
+  from mecjax import metric_writers
+  from mecjax.losses.entropy import TRANSFORMS, e2mc_terms, squash
 
   run = LoadedRun(args.workdir, args.step)
   cfg = run.config
@@ -169,6 +176,24 @@ def e2mc_pictures(args) -> list[str]:
          "after": run.outputs(run.params, run.model_state, source, "embedding")[0]}
   squashed = {k: np.asarray(squash(np.asarray(v, np.float32), transform))
               for k, v in emb.items()}
+  # E2MC's two terms on these images, the same way for every run of a comparison (E2MC, the
+  # continued ablation, the other criteria): H (mean marginal m-spacings entropy) and Cov of
+  # one view, with the run's squash and eps. Training logs them only for E2MC runs, and on
+  # augmented batches.
+  eps = float(cfg.e2mc.eps)
+  terms = {k: e2mc_terms(jnp.asarray(v, jnp.float32), jnp.asarray(v, jnp.float32),
+                         transform=transform, eps=eps) for k, v in emb.items()}
+  row = {"eval_entropy": float(terms["after"]["entropy"]),
+         "eval_cov": float(terms["after"]["cov"]) / 2,
+         "eval_entropy_init": float(terms["before"]["entropy"]),
+         "eval_cov_init": float(terms["before"]["cov"]) / 2}
+  print(f"E2MC terms of the embedding on {len(source)} {cfg.data.eval_split!r} images "
+        f"({transform} squash, eps {eps:g}), start -> step {run.step}: "
+        f"H {row['eval_entropy_init']:.4f} -> {row['eval_entropy']:.4f}, "
+        f"Cov {row['eval_cov_init']:.5f} -> {row['eval_cov']:.5f}")
+  writer = metric_writers.MetricWriter(run.workdir, enabled=True)
+  writer.write(run.step, row)
+  writer.close()
   out_dir = os.path.join(run.workdir, "plots")
   os.makedirs(out_dir, exist_ok=True)
   what = "E2MC" if cfg.regularizer.name == "e2mc" else "continued (no E2MC)"

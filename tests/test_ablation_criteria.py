@@ -179,3 +179,18 @@ def test_imagenet_config_has_the_ablation_variants():
   for name, reg, weight in (("vc", "vc", 1.0), ("au", "au", 0.5), ("mmcr", "mmcr", 0.005)):
     c = configlib.load(str(REPO / "configs" / "e2mc_swav_imagenet.py"), name)
     assert (c.regularizer.name, c.regularizer.weight, c.method) == (reg, weight, "swav")
+
+
+def test_vicreg_cifar_config_has_the_ablation_variants_on_the_same_continuation():
+  # Item: the criteria continue the same VICReg weights beside E2MC and the ablation, so
+  # everything but the regulariser is E2MC's continuation (10 epochs, 0.01 x lr, batch 512).
+  path = str(REPO / "configs" / "e2mc_vicreg_cifar10.py")
+  e2mc = configlib.load(path, None)
+  for name, weight in (("vc", 1.0), ("au", 0.5), ("mmcr", 0.005)):
+    c = configlib.load(path, name)
+    assert (c.regularizer.name, c.regularizer.weight, c.method) == (name, weight, "vicreg")
+    for key in ("optim.base_lr", "batch_size", "total_epochs", "init.workdir", "init.heads"):
+      a, b = c, e2mc
+      for part in key.split("."):
+        a, b = a[part], b[part]
+      assert a == b, key

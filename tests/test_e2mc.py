@@ -161,6 +161,15 @@ def test_continued_pretraining_smoke_runs_from_a_checkpoint(bases, tmp_path, cif
       assert im.format == "PNG" and im.size[0] > 400 and im.size[1] > 200
       # Not a blank canvas: the scatter / histograms drew something.
       assert len(np.unique(np.asarray(im.convert("L")))) > 10
+  # E2MC's terms on the same images, before and after, printed and appended to the metrics:
+  # finite, and the continuation moved them (6 steps of E2MC at beta 1000).
+  assert "E2MC terms of the embedding on 256 'test' images (sigmoid squash" in proc.stdout
+  terms = rows_of(tmp_path / "e2mc")[-1]
+  assert terms["step"] == 6
+  values = [terms[k] for k in ("eval_entropy", "eval_cov", "eval_entropy_init", "eval_cov_init")]
+  assert np.isfinite(values).all() and terms["eval_cov"] >= 0
+  assert terms["eval_entropy"] != terms["eval_entropy_init"]
+  assert f"H {terms['eval_entropy_init']:.4f} -> {terms['eval_entropy']:.4f}" in proc.stdout
 
   # kNN as its own command: the monitor's protocol, so the monitor's figure.
   cmd = [sys.executable, "-m", "mecjax.evaluate", "knn", f"--workdir={tmp_path / 'e2mc'}"]

@@ -42,7 +42,7 @@ def smoke(c):
 
 
 def cpu(c):
-  common.cifar_cpu(c, epochs=3.65)
+  common.cifar_cpu(c)
   c.projector.hidden = (1024, 1024)
   c.projector.out_dim = 1024
 

@@ -46,7 +46,7 @@ def smoke(c):
 
 
 def cpu(c):
-  common.cifar_cpu(c, epochs=3.05)
+  common.cifar_cpu(c)
   c.projector.hidden = (1024,)
   c.predictor.hidden = (1024,)
 

@@ -46,7 +46,7 @@ def smoke(c):
 
 
 def cpu(c):
-  common.cifar_cpu(c, epochs=3.65)
+  common.cifar_cpu(c)
   c.projector.hidden = (1024,)
 
 

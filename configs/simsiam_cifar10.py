@@ -51,7 +51,7 @@ def smoke(c):
 
 
 def cpu(c):
-  common.cifar_cpu(c, epochs=3.55)
+  common.cifar_cpu(c)
   c.projector.hidden = (1024, 1024)
   c.projector.out_dim = 1024
   c.predictor.hidden = (256,)

@@ -60,7 +60,7 @@ def smoke(c):
 
 
 def cpu(c):
-  common.cifar_cpu(c, epochs=3.25)
+  common.cifar_cpu(c)
   c.projector.hidden = (1024,)
   c.swav.queue_start_epochs = 1
   c.swav.freeze_prototypes_epochs = 0.5

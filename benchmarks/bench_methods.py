@@ -38,11 +38,14 @@ TRAIN_IMAGES = 50_000
 METHODS = ("mec", "music", "simsiam", "byol", "barlow_twins", "vicreg", "swav", "simclr")
 
 
-def train(config: str, workdir: str, data: str, overrides=()) -> dict:
+def train(config: str, workdir: str, data: str, overrides=(), *, may_fail: bool = False
+          ) -> dict:
   """Runs ``python -m mecjax.main --config=CONFIG`` in a child process unless ``workdir``
   already holds a finished run (a kNN row at its end), and reads the figures back: kNN and
   online-probe top-1 (%), images/s (median of the logged intervals), the last step and the
-  embedding's effective rank then; wall minutes and peak RSS (GiB) when it ran here."""
+  embedding's effective rank then; wall minutes and peak RSS (GiB) when it ran here. A run
+  that fails stops the bench, unless ``may_fail`` (a learning rate that diverges is a result
+  of a sweep): then its figures are nan and ``failed`` holds the exit status."""
   cmd = [sys.executable, "-m", "mecjax.main", f"--config={config}", f"--workdir={workdir}",
          f"--config.data.path={data}", *overrides]
   out = {"cmd": " ".join(["python"] + cmd[1:])}
@@ -54,8 +57,12 @@ def train(config: str, workdir: str, data: str, overrides=()) -> dict:
     _, status, usage = os.wait4(proc.pid, 0)
     out["wall_min"] = (time.time() - t) / 60
     out["peak_gib"] = usage.ru_maxrss / 2**20
-    if status:
+    if status and not may_fail:
       raise SystemExit(f"{config}: the training run in {workdir} failed (status {status})")
+    if status:
+      nan = float("nan")
+      return {**out, "failed": status, "images_per_sec": nan, "knn": nan, "probe": nan,
+              "step": 0, "rank": nan}
     rows = read_metrics(workdir)
   train_rows = [r for r in rows if "examples_per_sec" in r]
   rates = [r["examples_per_sec"] for r in train_rows]

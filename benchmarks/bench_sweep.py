@@ -30,6 +30,11 @@ import bench_methods  # noqa: E402
 import timing  # noqa: E402
 
 
+def _score(r: dict) -> float:
+  """kNN top-1, a failed (diverged) run lowest."""
+  return r["knn"] if r["knn"] == r["knn"] else float("-inf")
+
+
 def sweep(method: str, lrs: list[float], args) -> dict[float, dict]:
   results = {}
 
@@ -38,10 +43,11 @@ def sweep(method: str, lrs: list[float], args) -> dict[float, dict]:
       results[lr] = bench_methods.train(
           f"configs/{method}_cifar10.py:cpu", os.path.join(args.workdir, f"{method}_lr{lr:g}"),
           args.data, [f"--config.total_epochs={args.epochs}", f"--config.optim.base_lr={lr:g}",
-                      "--config.seed=0"])
+                      "--config.seed=0"], may_fail=True)
       r = results[lr]
+      failed = f" (the run failed, exit status {r['failed']})" if r.get("failed") else ""
       print(f"{method} lr {lr:g}: kNN {r['knn']:.2f}% probe {r['probe']:.2f}% "
-            f"rank {r['rank']:.1f} | {r['images_per_sec']:.0f} img/s", flush=True)
+            f"rank {r['rank']:.1f} | {r['images_per_sec']:.0f} img/s{failed}", flush=True)
 
   for lr in lrs:
     run(lr)
@@ -49,7 +55,7 @@ def sweep(method: str, lrs: list[float], args) -> dict[float, dict]:
   # Extend past an end of the grid while the best sits on it (at most twice each way).
   for _ in range(2):
     grid = sorted(results)
-    best = max(grid, key=lambda lr: results[lr]["knn"])
+    best = max(grid, key=lambda lr: _score(results[lr]))
     if best == grid[-1]:
       run(float(f"{best * ratio:.3g}"))
     elif best == grid[0]:
@@ -76,7 +82,7 @@ def main():
         "images/s at the chosen rate |")
   print("|---|---|---|---|")
   for m, res in table.items():
-    best = max(res, key=lambda lr: res[lr]["knn"])
+    best = max(res, key=lambda lr: _score(res[lr]))
     cells = "; ".join(f"{lr:g}: {r['knn']:.2f} / {r['probe']:.2f} ({r['rank']:.0f})"
                       for lr, r in sorted(res.items()))
     print(f"| {m} | {cells} | {best:g} | {res[best]['images_per_sec']:.0f} |")

@@ -14,9 +14,9 @@ crops (multi-crop is not part of solo-learn's CIFAR recipe).
 
 Variants:
   smoke: tiny network, 32 prototypes, a 64-row queue used from step 4 (CI).
-  cpu:   width-0.25 encoder, 1024-wide projector, batch 256 on the shared CIFAR-10; the
-         queue starts after 1 epoch and the prototypes are frozen for half an epoch (the
-         recipe's 50 and 2 epochs of 1000, scaled to a short run).
+  cpu:   width-0.25 encoder, 1024-wide projector, batch 256 on the shared CIFAR-10, 6 epochs;
+         the queue starts after 1 epoch and the prototypes are frozen for half an epoch (the
+         recipe's 50 and 2 epochs of 1000, scaled to a short run); solo-learn's clipped LARS.
 """
 
 from mecjax import configlib
@@ -64,6 +64,12 @@ def cpu(c):
   c.projector.hidden = (1024,)
   c.swav.queue_start_epochs = 1
   c.swav.freeze_prototypes_epochs = 0.5
+  # LARS as solo-learn's SwAV recipe runs it (clip_lr: plain SGD until the trust ratio caps
+  # it). Under optax's unclipped LARS the short runs collapsed (effective rank 2, kNN under
+  # the random-init floor); clipped, at lr 0.1 for one epoch, the rank ends at 14 (as BYOL's
+  # and SimSiam's at their chosen rates) and kNN above the floor (benchmarks/RESULTS.md,
+  # "SwAV at small budgets"). The learning rate is the short-run sweep's.
+  c.optim.lars_clip_lr = True
 
 
 VARIANTS = {"smoke": smoke, "cpu": cpu}

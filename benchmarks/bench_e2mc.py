@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -74,7 +73,8 @@ def trained(workdir) -> bool:
 def evaluate(workdir: str, args, *, pictures: bool = True) -> dict:
   """Offline linear probe and (for a continuation) E2MC's H and Cov of ``workdir``'s run."""
   linear = workdir + "_linear"
-  command(["-m", "mecjax.main", "--config=configs/linear_cifar10.py", f"--workdir={linear}",
+  probe = "configs/linear_cifar10.py" + (f":{args.linear_variant}" if args.linear_variant else "")
+  command(["-m", "mecjax.main", f"--config={probe}", f"--workdir={linear}",
            f"--config.init.workdir={workdir}", f"--config.data.path={args.data}"],
           lambda: any("linear_top1" in r for r in metrics(linear)))
   rows = read_metrics(workdir)
@@ -88,16 +88,6 @@ def evaluate(workdir: str, args, *, pictures: bool = True) -> dict:
           "H": last(rows, "eval_entropy"), "Cov": last(rows, "eval_cov"),
           "H0": last(rows, "eval_entropy_init"), "Cov0": last(rows, "eval_cov_init"),
           "steps": last([r for r in rows if "loss" in r], "step")}
-
-
-def spread(xs, fmt: str = ".2f") -> str:
-  """Mean (half the range) of the finite ``xs``."""
-  xs = [x for x in xs if x == x]
-  if not xs:
-    return "n/a"
-  if len(xs) == 1:
-    return f"{xs[0]:{fmt}}"
-  return f"{statistics.mean(xs):{fmt}} ({(max(xs) - min(xs)) / 2:{fmt}})"
 
 
 def metrics(workdir) -> list[dict]:
@@ -114,7 +104,8 @@ def main():
   p.add_argument("--criteria", default=",".join(CRITERIA))
   p.add_argument("--seeds", default="0,1")
   p.add_argument("--variant", default="")
-  p.add_argument("--knn-every", type=float, default=1.0)
+  p.add_argument("--knn-every", type=float, default=1.0, help="epochs; 0: at the end only")
+  p.add_argument("--linear-variant", default="", help="e.g. smoke: the probe's CI size")
   args = p.parse_args()
   args.data = os.path.abspath(args.data)
   args.workdir = os.path.abspath(args.workdir)
@@ -140,7 +131,8 @@ def main():
       wall = command(["-m", "mecjax.main", f"--config=configs/e2mc_{args.base}_cifar10.py:{variant}",
                       f"--workdir={workdir}", f"--config.data.path={args.data}",
                       f"--config.init.workdir={base_dir}", f"--config.seed={seed}",
-                      f"--config.knn.every_epochs={args.knn_every:g}"],
+                      *([f"--config.knn.every_epochs={args.knn_every:g}"] if args.knn_every
+                        else [])],
                      lambda: trained(workdir))
       walls.setdefault(name, []).append(wall)
       results.setdefault(name, []).append(evaluate(workdir, args))
@@ -155,10 +147,11 @@ def main():
         f"| linear top-1 % | H | Cov | wall min | seeds |")
   print("|---|---|---|---|---|---|---|")
   for name, rs in results.items():
-    cells = [spread([r[k] for r in rs]) for k in ("knn", "linear")]
-    h, cov = spread([r["H"] for r in rs], ".4f"), spread([r["Cov"] for r in rs], ".5f")
+    cells = [bench_methods.spread([r[k] for r in rs]) for k in ("knn", "linear")]
+    h = bench_methods.spread([r["H"] for r in rs], ".4f")
+    cov = bench_methods.spread([r["Cov"] for r in rs], ".5f")
     print(f"| {name} | {cells[0]} | {cells[1]} | {h} | {cov} | "
-          f"{spread(walls[name])} | {seeds} |")
+          f"{bench_methods.spread(walls[name])} | {seeds} |")
   runs = [os.path.join(args.workdir, f"{n}_seed0") for n in results]
   print("\nkNN over the continued epochs (E2MC paper Fig. 3):\n  python -m mecjax.evaluate curves "
         f"--runs {' '.join(runs)} --labels {' '.join(results)} --metric=knn_top1 "

@@ -7,8 +7,8 @@ Every method gets the same sweep: its `cpu` variant (``configs/<method>_cifar10.
 the method's own optimiser, heads and augmentation) for ``--epochs`` (the whole warm-up and
 cosine schedule over that short run), seed 0, at each base learning rate of ``--lrs``. When
 the best kNN top-1 of a method falls on an end of the grid, the grid is extended one step
-further that way (x or / the grid's ratio) until the best is inside it, so every chosen rate
-has a worse neighbour on both sides. The chosen rate is the best kNN (k=200, T=0.1, BN eval
+further that way (x or / the grid's ratio), at most twice, so that a chosen rate has a worse
+neighbour on both sides unless two extensions kept improving. The chosen rate is the best kNN (k=200, T=0.1, BN eval
 mode, full train bank, test queries).
 
 Each run is the README's command in a child process, with ``--config.total_epochs=E
@@ -52,7 +52,7 @@ def sweep(method: str, lrs: list[float], args) -> dict[float, dict]:
   for lr in lrs:
     run(lr)
   ratio = lrs[1] / lrs[0] if len(lrs) > 1 else 3.0
-  # Extend past an end of the grid while the best sits on it (at most twice each way).
+  # Extend past an end of the grid while the best sits on it (two extensions at most).
   for _ in range(2):
     grid = sorted(results)
     best = max(grid, key=lambda lr: _score(results[lr]))

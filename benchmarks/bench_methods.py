@@ -7,7 +7,7 @@ Each run is the README's command for ``configs/<method>_cifar10.py:cpu`` with
 ``--config.seed=S``, in a child process, timed by the OS (wall clock and the child's own peak
 RSS, from wait4). The `cpu` variants share one budget: the same number of epochs (each
 variant's ``total_epochs``: 6, 1170 steps of batch 256, what the MEC `cpu` variant trains in
-18 minutes on a 2-core Zen 5 VM; 15-21 minutes for every method there), each at the
+18 minutes on a 2-core Zen 5 VM; an estimated 16-20 for every method there), each at the
 learning rate the short-run sweep chose (bench_sweep.py). Printed per method and seed: kNN
 top-1 (k=200, T=0.1, BN eval mode, full train bank / test queries) and the online probe's
 top-1 at the end, images/s (median of the logged intervals, compilation and evaluation

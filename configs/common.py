@@ -70,8 +70,8 @@ def cifar_smoke(c) -> None:
 
 # The one budget of every method's `cpu` variant (benchmarks/bench_methods.py compares them
 # under it): 6 epochs, 1170 steps of batch 256, what the MEC `cpu` variant trains in 18
-# minutes on a 2-core Zen 5 VM (15-21 minutes for every method there; about twice that on
-# the slower VMs).
+# minutes on a 2-core Zen 5 VM (an estimated 16-20 minutes for every method there, from
+# their speeds; about twice that on the slower VMs).
 CPU_EPOCHS = 6
 
 

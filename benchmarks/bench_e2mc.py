@@ -63,20 +63,13 @@ def command(args: list[str], done) -> float:
   return (time.time() - t) / 60
 
 
-def trained(workdir) -> bool:
-  """A finished run: its last training step has a kNN row."""
-  rows = metrics(workdir)
-  steps = [r["step"] for r in rows if "loss" in r]
-  return bool(steps) and any("knn_top1" in r and r["step"] == steps[-1] for r in rows)
-
-
 def evaluate(workdir: str, args, *, pictures: bool = True) -> dict:
   """Offline linear probe and (for a continuation) E2MC's H and Cov of ``workdir``'s run."""
   linear = workdir + "_linear"
   probe = "configs/linear_cifar10.py" + (f":{args.linear_variant}" if args.linear_variant else "")
   command(["-m", "mecjax.main", f"--config={probe}", f"--workdir={linear}",
            f"--config.init.workdir={workdir}", f"--config.data.path={args.data}"],
-          lambda: any("linear_top1" in r for r in metrics(linear)))
+          lambda: any("linear_top1" in r for r in bench_methods.metrics(linear)))
   rows = read_metrics(workdir)
   if pictures:
     command(["-m", "mecjax.evaluate", "e2mc", f"--workdir={workdir}", "--examples=2048"],
@@ -84,14 +77,10 @@ def evaluate(workdir: str, args, *, pictures: bool = True) -> dict:
     rows = read_metrics(workdir)
   return {"knn": 100 * last([r for r in rows if "knn_top1" in r and "knn_k" not in r],
                             "knn_top1"),
-          "linear": 100 * last(metrics(linear), "linear_top1"),
+          "linear": 100 * last(bench_methods.metrics(linear), "linear_top1"),
           "H": last(rows, "eval_entropy"), "Cov": last(rows, "eval_cov"),
           "H0": last(rows, "eval_entropy_init"), "Cov0": last(rows, "eval_cov_init"),
           "steps": last([r for r in rows if "loss" in r], "step")}
-
-
-def metrics(workdir) -> list[dict]:
-  return read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
 
 
 def main():
@@ -133,7 +122,7 @@ def main():
                       f"--config.init.workdir={base_dir}", f"--config.seed={seed}",
                       *([f"--config.knn.every_epochs={args.knn_every:g}"] if args.knn_every
                         else [])],
-                     lambda: trained(workdir))
+                     lambda: bench_methods.finished(workdir))
       walls.setdefault(name, []).append(wall)
       results.setdefault(name, []).append(evaluate(workdir, args))
       r = results[name][-1]

@@ -38,10 +38,23 @@ TRAIN_IMAGES = 50_000
 METHODS = ("mec", "music", "simsiam", "byol", "barlow_twins", "vicreg", "swav", "simclr")
 
 
+def metrics(workdir: str) -> list[dict]:
+  """The rows of ``workdir``'s metrics.jsonl; none where there is none yet."""
+  return read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
+
+
+def finished(workdir: str) -> bool:
+  """A finished run: its last training step has a kNN row (rows that evaluation commands
+  append afterwards, ``evaluate e2mc`` or ``evaluate knn``, do not change that)."""
+  rows = metrics(workdir)
+  steps = [r["step"] for r in rows if "loss" in r]
+  return bool(steps) and any("knn_top1" in r and r["step"] == steps[-1] for r in rows)
+
+
 def train(config: str, workdir: str, data: str, overrides=(), *, may_fail: bool = False
           ) -> dict:
   """Runs ``python -m mecjax.main --config=CONFIG`` in a child process unless ``workdir``
-  already holds a finished run (a kNN row at its end), and reads the figures back: kNN and
+  already holds a finished run (``finished``), and reads the figures back: kNN and
   online-probe top-1 (%), images/s (median of the logged intervals), the last step and the
   embedding's effective rank then; wall minutes and peak RSS (GiB) when it ran here. A run
   that fails stops the bench, unless ``may_fail`` (a learning rate that diverges is a result
@@ -49,8 +62,7 @@ def train(config: str, workdir: str, data: str, overrides=(), *, may_fail: bool 
   cmd = [sys.executable, "-m", "mecjax.main", f"--config={config}", f"--workdir={workdir}",
          f"--config.data.path={data}", *overrides]
   out = {"cmd": " ".join(["python"] + cmd[1:])}
-  rows = read_metrics(workdir) if os.path.exists(workdir) else []
-  if not (rows and "knn_top1" in rows[-1]):
+  if not finished(workdir):
     print("$", out["cmd"], flush=True)
     t = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO)
@@ -63,11 +75,11 @@ def train(config: str, workdir: str, data: str, overrides=(), *, may_fail: bool 
       nan = float("nan")
       return {**out, "failed": status, "images_per_sec": nan, "knn": nan, "probe": nan,
               "step": 0, "rank": nan}
-    rows = read_metrics(workdir)
+  rows = metrics(workdir)
   train_rows = [r for r in rows if "examples_per_sec" in r]
   rates = [r["examples_per_sec"] for r in train_rows]
   ranks = [r["effective_rank"] for r in rows if "effective_rank" in r]
-  last = rows[-1]
+  last = [r for r in rows if "knn_top1" in r and "knn_k" not in r][-1]   # the run's own
   out.update(images_per_sec=statistics.median(rates) if rates else float("nan"),
              knn=100 * last["knn_top1"], probe=100 * last.get("probe_top1", float("nan")),
              step=last["step"], rank=ranks[-1] if ranks else float("nan"))

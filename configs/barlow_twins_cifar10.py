@@ -12,7 +12,8 @@ excluded) lr 0.3 x batch/256, wd 1e-4, batch 256, 1000 epochs, 10-epoch warm-up 
 
 Variants:
   smoke: tiny network, 12 steps (CI).
-  cpu:   width-0.25 encoder, 1024-wide projector, batch 256 on the shared CIFAR-10.
+  cpu:   width-0.25 encoder, 1024-wide projector, batch 256 on the shared CIFAR-10,
+         6 epochs, lr 0.1 (the short-run sweep's choice).
 """
 
 from mecjax import configlib
@@ -45,6 +46,9 @@ def cpu(c):
   common.cifar_cpu(c)
   c.projector.hidden = (1024, 1024)
   c.projector.out_dim = 1024
+  # The short-run sweep's choice by kNN (one epoch at 0.1 / 0.3 / 1.0, then 0.033:
+  # benchmarks/RESULTS.md); the recipe's 0.3 is for 1000 epochs.
+  c.optim.base_lr = 0.1
 
 
 VARIANTS = {"smoke": smoke, "cpu": cpu}

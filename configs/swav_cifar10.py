@@ -15,9 +15,11 @@ crops (multi-crop is not part of solo-learn's CIFAR recipe).
 Variants:
   smoke: tiny network, 32 prototypes, a 64-row queue used from step 4 (CI).
   cpu:   width-0.25 encoder, 1024-wide projector, batch 256 on the shared CIFAR-10, 6 epochs;
-         the queue starts after 1 epoch and the prototypes are frozen for half an epoch (the
-         recipe's 50 and 2 epochs of 1000, scaled to a short run); solo-learn's clipped LARS
-         at lr 0.1 (the short-run sweep's choice).
+         no queue (started after 1 epoch it raised the loss over ln K and the embedding's rank
+         fell 10 -> 4.5: the symptom for which SwAV's authors advise a smaller queue or a later
+         start, and 6 epochs leave no later start), prototypes frozen for half an epoch (the
+         recipe's 2 epochs of 1000, scaled up for a short run); solo-learn's clipped LARS at
+         lr 0.1 (the short-run sweep's choice).
 """
 
 from mecjax import configlib
@@ -63,7 +65,16 @@ def smoke(c):
 def cpu(c):
   common.cifar_cpu(c)
   c.projector.hidden = (1024,)
-  c.swav.queue_start_epochs = 1
+  # No queue. SwAV's authors: once the queue is in use the loss should fall below its level
+  # without it; if it rises and stays up, use a smaller queue or start it later. Started after
+  # 1 of 6 epochs (the recipe's 50 of 1000, scaled), the 3840-row queue did just that: the
+  # loss went from 7.96 to 8.15 (over ln 3000 = 8.01) within 80 steps and the embedding's
+  # effective rank fell from 10 to 4.5 (benchmarks/RESULTS.md, "SwAV at small budgets").
+  # Its members come from a network that changes fast this early; 6 epochs leave no later
+  # start worth having. Without it each step's Sinkhorn codes spread the 256 images over the
+  # 3000 prototypes of the batch alone.
+  c.swav.queue_size = 0
+  c.swav.queue_start_epochs = None
   c.swav.freeze_prototypes_epochs = 0.5
   # LARS as solo-learn's SwAV recipe runs it (clip_lr: plain SGD until the trust ratio caps
   # it). Under optax's unclipped LARS the short runs collapsed (effective rank 2, kNN under

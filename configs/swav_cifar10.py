@@ -14,12 +14,12 @@ crops (multi-crop is not part of solo-learn's CIFAR recipe).
 
 Variants:
   smoke: tiny network, 32 prototypes, a 64-row queue used from step 4 (CI).
-  cpu:   width-0.25 encoder, 1024-wide projector, batch 256 on the shared CIFAR-10, 6 epochs;
-         no queue (started after 1 epoch it raised the loss over ln K and the embedding's rank
-         fell 10 -> 4.5: the symptom for which SwAV's authors advise a smaller queue or a later
-         start, and 6 epochs leave no later start), prototypes frozen for half an epoch (the
-         recipe's 2 epochs of 1000, scaled up for a short run); solo-learn's clipped LARS at
-         lr 0.1 (the short-run sweep's choice).
+  cpu:   width-0.25 encoder, 1024-wide projector, batch 256 on the shared CIFAR-10, 6 epochs,
+         with the small-batch settings SwAV's authors advise for a loss stuck at ln K: 300
+         prototypes (fewer than the batch), Sinkhorn epsilon 0.03, prototypes frozen for the
+         first epoch, and no queue (from epoch 1 it raised the loss over ln K; the authors'
+         remedy, a later start, has no room in 6 epochs); solo-learn's clipped LARS at lr 0.1
+         (the short-run sweep's choice).
 """
 
 from mecjax import configlib
@@ -65,17 +65,23 @@ def smoke(c):
 def cpu(c):
   common.cifar_cpu(c)
   c.projector.hidden = (1024,)
-  # No queue. SwAV's authors: once the queue is in use the loss should fall below its level
-  # without it; if it rises and stays up, use a smaller queue or start it later. Started after
-  # 1 of 6 epochs (the recipe's 50 of 1000, scaled), the 3840-row queue did just that: the
-  # loss went from 7.96 to 8.15 (over ln 3000 = 8.01) within 80 steps and the embedding's
-  # effective rank fell from 10 to 4.5 (benchmarks/RESULTS.md, "SwAV at small budgets").
-  # Its members come from a network that changes fast this early; 6 epochs leave no later
-  # start worth having. Without it each step's Sinkhorn codes spread the 256 images over the
-  # 3000 prototypes of the batch alone.
+  # The small-batch settings of SwAV's authors (their README's "Common issues"), each for
+  # a failure these 6-epoch runs showed (benchmarks/RESULTS.md, "SwAV at small budgets"):
+  # - No queue. Once it is in use the loss should fall below its level without it; if it
+  #   rises and stays up, start it later or shorten it. From epoch 1 of 6 (the recipe's 50
+  #   of 1000, scaled) the 3840-row queue raised the loss over ln 3000 within 80 steps and
+  #   the embedding's effective rank fell 10 -> 4.5; 6 epochs leave no later start.
+  # - 300 prototypes, epsilon 0.03, the prototypes frozen for the first epoch. Without the
+  #   queue, 3000 prototypes over a batch of 256 held the loss at ln K (7.97 against 8.01)
+  #   for 660 steps while the online probe stayed at 19% (other methods: 28-41% by then):
+  #   exact equipartition would spread each image's code over at least K / B = 12
+  #   prototypes, so no code can be confident. With K < B, a sharper Sinkhorn (the lower
+  #   epsilon) and the prototypes frozen longer, each image can own its prototype.
   c.swav.queue_size = 0
   c.swav.queue_start_epochs = None
-  c.swav.freeze_prototypes_epochs = 0.5
+  c.swav.num_prototypes = 300
+  c.swav.epsilon = 0.03
+  c.swav.freeze_prototypes_epochs = 1.0
   # LARS as solo-learn's SwAV recipe runs it (clip_lr: plain SGD until the trust ratio caps
   # it). Under optax's unclipped LARS the short runs collapsed (effective rank 2, kNN under
   # the random-init floor); clipped, at lr 0.1 for one epoch, the rank ends at 14 (as BYOL's

@@ -16,7 +16,7 @@ Variants:
   smoke: tiny network, 32 prototypes, a 64-row queue used from step 4 (CI).
   cpu:   width-0.25 encoder, 1024-wide projector, batch 256 on the shared CIFAR-10, 6 epochs,
          with the small-batch settings SwAV's authors advise for a loss stuck at ln K: 300
-         prototypes (fewer than the batch), Sinkhorn epsilon 0.03, prototypes frozen for the
+         prototypes (about one per image of the batch), Sinkhorn epsilon 0.03, prototypes frozen for the
          first epoch, and no queue (from epoch 1 it raised the loss over ln K; the authors'
          remedy, a later start, has no room in 6 epochs); solo-learn's clipped LARS at lr 0.1
          (the short-run sweep's choice).
@@ -75,8 +75,9 @@ def cpu(c):
   #   queue, 3000 prototypes over a batch of 256 held the loss at ln K (7.97 against 8.01)
   #   for 660 steps while the online probe stayed at 19% (other methods: 28-41% by then):
   #   exact equipartition would spread each image's code over at least K / B = 12
-  #   prototypes, so no code can be confident. With K < B, a sharper Sinkhorn (the lower
-  #   epsilon) and the prototypes frozen longer, each image can own its prototype.
+  #   prototypes, so no code can be confident. With K close to B (300 / 256: at least 1.2
+  #   prototypes per image), a sharper Sinkhorn (the lower epsilon) and the prototypes
+  #   frozen longer, a code can be nearly one-hot.
   c.swav.queue_size = 0
   c.swav.queue_start_epochs = None
   c.swav.num_prototypes = 300

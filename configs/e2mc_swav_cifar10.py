@@ -39,10 +39,11 @@ def get_config(arg: str | None = None):
   common.e2mc_continuation(c, beta=1.0, gamma=25.0, transform="gaussian_cdf", epochs=10,
                            eps=common.FLOAT32_EPS)
   c.init.workdir = f"runs/swav_cifar10_{base_variant}"
-  # The official continuation keeps SwAV's queue (the recipe's 3840 rows, 7 batches of 512)
-  # from the first step, whether or not the short base run used one: at 0.01 x lr the
+  # The official continuation keeps SwAV's queue from the first step. Where the short base
+  # run had none (cpu), it takes the recipe's 3840 rows (7 batches of 512): at 0.01 x lr the
   # network moves little over 7 steps, so the queued embeddings agree with the current ones.
-  c.swav.queue_size = 3840 if base_variant != "smoke" else c.swav.queue_size
+  if not c.swav.queue_size:
+    c.swav.queue_size = 3840
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = None
   return configlib.apply_variants(c, arg, VARIANTS)

@@ -16,8 +16,8 @@ Variants:
   smoke: tiny network, 32 prototypes, a 64-row queue used from step 4 (CI).
   cpu:   width-0.25 encoder, 1024-wide projector, batch 256 on the shared CIFAR-10, 6 epochs,
          with the small-batch settings SwAV's authors advise for a loss stuck at ln K: 300
-         prototypes (about one per image of the batch), Sinkhorn epsilon 0.03, prototypes frozen for the
-         first epoch, and no queue (from epoch 1 it raised the loss over ln K; the authors'
+         prototypes (about one per image of the batch), Sinkhorn epsilon 0.03, prototypes
+         frozen for the first epoch, and no queue (from epoch 1 it raised the loss over ln K; the authors'
          remedy, a later start, has no room in 6 epochs); solo-learn's clipped LARS at lr 0.1
          (the short-run sweep's choice).
 """

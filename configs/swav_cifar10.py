@@ -17,9 +17,9 @@ Variants:
   cpu:   width-0.25 encoder, 1024-wide projector, batch 256 on the shared CIFAR-10, 6 epochs,
          with the small-batch settings SwAV's authors advise for a loss stuck at ln K: 300
          prototypes (about one per image of the batch), Sinkhorn epsilon 0.03, prototypes
-         frozen for the first epoch, and no queue (from epoch 1 it raised the loss over ln K; the authors'
-         remedy, a later start, has no room in 6 epochs); solo-learn's clipped LARS at lr 0.1
-         (the short-run sweep's choice).
+         frozen for the first epoch, and no queue (from epoch 1 it raised the loss over ln K;
+         the authors' remedy, a later start, has no room in 6 epochs); solo-learn's clipped
+         LARS at lr 0.1 (the short-run sweep's choice).
 """
 
 from mecjax import configlib
@@ -79,7 +79,6 @@ def cpu(c):
   #   prototypes per image), a sharper Sinkhorn (the lower epsilon) and the prototypes
   #   frozen longer, a code can be nearly one-hot.
   c.swav.queue_size = 0
-  c.swav.queue_start_epochs = None
   c.swav.num_prototypes = 300
   c.swav.epsilon = 0.03
   c.swav.freeze_prototypes_epochs = 1.0

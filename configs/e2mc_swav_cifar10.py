@@ -22,8 +22,6 @@ the two crops), ``au`` (uniformity over each crop's pairs, t 2, lambda 0.5), ``m
 norm of the view centroids over all views, lambda 0.005): ``:vc``, ``:smoke,mmcr``, ...
 """
 
-import os
-
 from mecjax import configlib
 
 common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
@@ -32,7 +30,8 @@ common = configlib.import_beside(__file__, "common")   # the shared recipe fragm
 def get_config(arg: str | None = None):
   # The base: SwAV's CIFAR-10 recipe at the size of the run it continues (cpu, or smoke).
   base_variant = common.e2mc_base_variant(arg)
-  c = configlib.load(os.path.join(os.path.dirname(__file__), "swav_cifar10.py"), base_variant)
+  swav = configlib.import_beside(__file__, "swav_cifar10")
+  c = swav.get_config(base_variant)
   # + E2MC: the paper's SwAV setting (float32 epsilon in the m-spacings log, as the official
   # script), 10 epochs at 0.01 x SwAV's lr, constant, batch 512; prototypes not frozen and
   # the queue in use from the start.
@@ -40,10 +39,10 @@ def get_config(arg: str | None = None):
                            eps=common.FLOAT32_EPS)
   c.init.workdir = f"runs/swav_cifar10_{base_variant}"
   # The official continuation keeps SwAV's queue from the first step. Where the short base
-  # run had none (cpu), it takes the recipe's 3840 rows (7 batches of 512): at 0.01 x lr the
+  # run had none (cpu), it takes the recipe's (3840 rows, 7.5 batches of 512): at 0.01 x lr the
   # network moves little over 7 steps, so the queued embeddings agree with the current ones.
   if not c.swav.queue_size:
-    c.swav.queue_size = 3840
+    c.swav.queue_size = swav.QUEUE_SIZE
   c.checkpoint.every_epochs = 1
   c.knn.every_epochs = None
   return configlib.apply_variants(c, arg, VARIANTS)

@@ -26,6 +26,9 @@ from mecjax import configlib
 
 common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
 
+# The recipe's queue: 3840 rows (7.5 batches of 512), read too by the E2MC continuation.
+QUEUE_SIZE = 3840
+
 
 def get_config(arg: str | None = None):
   c = configlib.base()
@@ -39,7 +42,7 @@ def get_config(arg: str | None = None):
   c.swav.temperature = 0.1
   c.swav.epsilon = 0.05
   c.swav.iterations = 3
-  c.swav.queue_size = 3840
+  c.swav.queue_size = QUEUE_SIZE
   c.swav.queue_start_epochs = 50
   c.swav.freeze_prototypes_epochs = 2
   c.aug.jitter = (0.8, 0.8, 0.8, 0.2)

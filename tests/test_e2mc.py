@@ -62,8 +62,8 @@ def test_e2mc_adds_the_criterion_on_the_online_embeddings(spec, transform, beta,
 
 def test_e2mc_protocol_in_the_configs():
   # 0.01 x the learning rate of the run it continues: the base's cpu variant (VICReg 0.3,
-  # SwAV 0.1, SimSiam 3.0, the short-run sweep's choices).
-  for base, lr in (("vicreg", 0.3), ("swav", 0.1), ("simsiam", 3.0)):
+  # SwAV 0.0333, SimSiam 3.0, the short-run sweep's choices).
+  for base, lr in (("vicreg", 0.3), ("swav", 0.0333), ("simsiam", 3.0)):
     assert configlib.load(str(REPO / "configs" / f"{base}_cifar10.py"), "cpu").optim.base_lr == lr
     c = configlib.load(str(REPO / "configs" / f"e2mc_{base}_cifar10.py"))
     assert c.method == base and c.batch_size == 512 and c.total_epochs == 10

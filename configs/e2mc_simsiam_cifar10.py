@@ -18,8 +18,6 @@ Variants: ``smoke`` (CI: from runs/simsiam_cifar10_smoke), ``short`` (1 epoch),
 ``continued`` (no E2MC); they compose: ``:short,continued``.
 """
 
-import os
-
 from mecjax import configlib
 
 common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
@@ -28,8 +26,7 @@ common = configlib.import_beside(__file__, "common")   # the shared recipe fragm
 def get_config(arg: str | None = None):
   # The base: SimSiam's CIFAR-10 recipe at the size of the run it continues (cpu, or smoke).
   base_variant = common.e2mc_base_variant(arg)
-  c = configlib.load(os.path.join(os.path.dirname(__file__), "simsiam_cifar10.py"),
-                     base_variant)
+  c = configlib.import_beside(__file__, "simsiam_cifar10").get_config(base_variant)
   # + E2MC: the paper's SimSiam setting (float32 epsilon in the m-spacings log), 10 epochs at
   # 0.01 x SimSiam's lr, constant, batch 512.
   common.e2mc_continuation(c, beta=0.001, gamma=0.01, transform="gaussian_cdf", epochs=10,

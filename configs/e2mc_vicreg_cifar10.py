@@ -21,8 +21,6 @@ in the L2-normalised space, on top of VICReg's own raw-space terms), ``au`` (uni
 lambda 0.5), ``mmcr`` (nuclear norm of the view centroids, lambda 0.005).
 """
 
-import os
-
 from mecjax import configlib
 
 common = configlib.import_beside(__file__, "common")   # the shared recipe fragments
@@ -32,8 +30,7 @@ def get_config(arg: str | None = None):
   # The base: VICReg's CIFAR-10 recipe at the size of the run it continues (cpu, or the
   # smoke / colab_gpu variant asked for).
   base_variant = common.e2mc_base_variant(arg)
-  c = configlib.load(os.path.join(os.path.dirname(__file__), "vicreg_cifar10.py"),
-                     base_variant)
+  c = configlib.import_beside(__file__, "vicreg_cifar10").get_config(base_variant)
   # + E2MC: the paper's VICReg setting, 10 epochs at 0.01 x VICReg's lr, constant, batch 512.
   common.e2mc_continuation(c, beta=1000.0, gamma=100.0, transform="sigmoid", epochs=10)
   c.init.workdir = f"runs/vicreg_cifar10_{base_variant}"

@@ -38,8 +38,16 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, logs.")
 
 
+def say(line: str) -> None:
+  """One line on stderr in one write: N processes of one launch share that stream, and
+  ``print`` writes the text and its newline separately where stderr is unbuffered
+  (``PYTHONUNBUFFERED=1``), so two processes ending together ran their lines into one."""
+  sys.stderr.write(f"{line}\n")
+  sys.stderr.flush()
+
+
 def fail(message: str, status: int = 2) -> None:
-  print(f"mecjax: error: {message}", file=sys.stderr, flush=True)
+  say(f"mecjax: error: {message}")
   sys.exit(status)
 
 
@@ -71,7 +79,7 @@ def main(argv) -> None:
   except checkpoint.CheckpointError as e:
     fail(str(e), status=4)
   except preemption.Preempted as e:
-    print(f"mecjax: {e}", file=sys.stderr, flush=True)
+    say(f"mecjax: {e}")
     sys.exit(preemption.EXIT_PREEMPTED)
 
 

@@ -354,6 +354,36 @@ def test_lease_fallback_where_flock_is_missing(tmp_path, monkeypatch):
   lock.release()
 
 
+@pytest.mark.parametrize("raised,status,line", [
+    ("preempted", EXIT_PREEMPTED, "mecjax: stopped by SIGTERM at step 6: checkpoint w/c/6 "
+                                  "saved; rerun the same command to resume\n"),
+    ("checkpoint-error", 4, "mecjax: error: disk full\n")])
+def test_each_exit_line_reaches_stderr_in_one_write(monkeypatch, raised, status, line):
+  """The processes of one launch share its stderr and end together; where Python's stderr is
+  unbuffered (PYTHONUNBUFFERED=1), ``print`` writes a line's text and its newline in two
+  calls, and two processes' last lines ran into one (the two-process test below saw one
+  "stopped by" line where there were two). Each exit line must be one write."""
+  from types import SimpleNamespace
+  from mecjax import main, parallel
+  writes = []
+  monkeypatch.setattr(sys, "stderr", SimpleNamespace(write=writes.append, flush=lambda: None))
+  monkeypatch.setattr(main, "_WORKDIR", SimpleNamespace(value="w"))
+  monkeypatch.setattr(main, "_CONFIG", SimpleNamespace(value={"method": "mec"}))
+  monkeypatch.setattr(main, "setup_logging", lambda: None)
+  monkeypatch.setattr(parallel, "initialize_distributed", lambda: None)
+
+  from mecjax import checkpoint, preemption
+
+  def run_task(config, workdir):
+    if raised == "preempted":
+      raise preemption.Preempted(signal.SIGTERM, 6, "w/c")
+    raise checkpoint.CheckpointError("disk full")
+  monkeypatch.setattr(main, "run_task", run_task)
+  with pytest.raises(SystemExit) as exit_:
+    main.main(["mecjax"])
+  assert exit_.value.code == status and writes == [line]
+
+
 @pytest.mark.slow
 def test_two_processes_stop_together_and_a_kill_9_of_one_stops_the_other(
     reference, tmp_path, archive, compile_cache):

@@ -77,6 +77,9 @@ def test_nothing_is_run_when_mecjax_and_its_requirements_are_there():
   assert not install.already_installed(str(REPO), REQS, dict(full, jax="0.9.0"))
 
 
+# In this process another test may have imported mecjax.export already; runpy warns that
+# it runs the module anew (the console command starts without it, so it never warns).
+@pytest.mark.filterwarnings("ignore:'mecjax.export' found in sys.modules:RuntimeWarning")
 def test_console_command_dispatches_with_the_module_commands_flags(capsys):
   assert cli.main([]) == 2
   assert cli.main(["--help"]) == 0 and "train" in capsys.readouterr().out

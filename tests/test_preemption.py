@@ -364,15 +364,13 @@ def test_each_exit_line_reaches_stderr_in_one_write(monkeypatch, raised, status,
   calls, and two processes' last lines ran into one (the two-process test below saw one
   "stopped by" line where there were two). Each exit line must be one write."""
   from types import SimpleNamespace
-  from mecjax import main, parallel
+  from mecjax import checkpoint, main, parallel, preemption
   writes = []
   monkeypatch.setattr(sys, "stderr", SimpleNamespace(write=writes.append, flush=lambda: None))
   monkeypatch.setattr(main, "_WORKDIR", SimpleNamespace(value="w"))
   monkeypatch.setattr(main, "_CONFIG", SimpleNamespace(value={"method": "mec"}))
   monkeypatch.setattr(main, "setup_logging", lambda: None)
   monkeypatch.setattr(parallel, "initialize_distributed", lambda: None)
-
-  from mecjax import checkpoint, preemption
 
   def run_task(config, workdir):
     if raised == "preempted":

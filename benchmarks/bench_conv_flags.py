@@ -1,0 +1,90 @@
+"""One 3x3 convolution's forward, input gradient and weight gradient under XLA:CPU's
+library-fusion flags, one child process per flag (XLA_FLAGS is read once, at start-up).
+
+  python benchmarks/bench_conv_flags.py [--width 16] [--batch 512] [--size 32] [--reps 5]
+
+Prints, per flag, the minimum over 3 rounds of ``--reps`` calls of each compiled function
+(milliseconds) and whether XLA put the weight-gradient convolution into a fusion (what the
+``individual_convolution`` fusion types do when they take it). The default row is what
+``mecjax.main`` runs with (YNNPACK fusions off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+FLAGS = (
+    "--xla_cpu_experimental_ynn_fusion_type=",
+    "--xla_cpu_experimental_ynn_fusion_type= --xla_cpu_use_onednn=true",
+    "--xla_cpu_experimental_onednn_fusion_type=individual_convolution",
+    "--xla_cpu_experimental_ynn_fusion_type=individual_convolution",
+    "--xla_cpu_experimental_xnn_fusion_type=individual_convolution",
+)
+
+
+def child(width: int, batch: int, size: int, reps: int) -> dict:
+  import time
+
+  import jax
+  import jax.numpy as jnp
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, width))
+  w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, width, width)) * 0.1
+
+  def conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  fns = {
+      "forward": lambda x, w: conv(x, w),
+      "input_grad": lambda x, w: jax.vjp(lambda x: conv(x, w), x)[1](x)[0],
+      "weight_grad": lambda x, w: jax.vjp(lambda w: conv(x, w), w)[1](x)[0],
+  }
+  out = {}
+  for name, fn in fns.items():
+    compiled = jax.jit(fn).lower(x, w).compile()
+    jax.block_until_ready(compiled(x, w))
+    times = []
+    for _ in range(3):
+      t = time.perf_counter()
+      for _ in range(reps):
+        r = compiled(x, w)
+      jax.block_until_ready(r)
+      times.append((time.perf_counter() - t) / reps * 1e3)
+    out[name] = min(times)
+    if name == "weight_grad":
+      entry = compiled.as_text().split("ENTRY", 1)[1]
+      out["weight_grad_fused"] = "convolution(" not in entry
+  return out
+
+
+def main(argv=None) -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--width", type=int, default=16, help="input and output channels")
+  p.add_argument("--batch", type=int, default=512)
+  p.add_argument("--size", type=int, default=32, help="height and width of the feature map")
+  p.add_argument("--reps", type=int, default=5)
+  p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.child:
+    print(json.dumps(child(args.width, args.batch, args.size, args.reps)))
+    return
+  print(f"| XLA_FLAGS | forward ms | input gradient ms | weight gradient ms | weight gradient "
+        f"in a library fusion |\n|---|---|---|---|---|")
+  for flags in FLAGS:
+    env = dict(os.environ, XLA_FLAGS=flags)
+    res = subprocess.run([sys.executable, os.path.abspath(__file__), "--child",
+                          f"--width={args.width}", f"--batch={args.batch}",
+                          f"--size={args.size}", f"--reps={args.reps}"],
+                         env=env, capture_output=True, text=True, check=True)
+    r = json.loads(res.stdout.strip().splitlines()[-1])
+    print(f"| `{flags}` | {r['forward']:.1f} | {r['input_grad']:.1f} | "
+          f"{r['weight_grad']:.1f} | {'yes' if r['weight_grad_fused'] else 'no'} |", flush=True)
+
+
+if __name__ == "__main__":
+  main()

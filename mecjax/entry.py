@@ -1,4 +1,5 @@
-"""What every command line does first: the default XLA flags, and mecjax's log handler.
+"""What every command line does first: the default XLA flags, mecjax's log handler, and the
+one-write line each command ends with on stderr.
 
 Imported at the top of each entry point (``mecjax.main``, ``mecjax.evaluate``,
 ``mecjax.export``) and of nothing else, so the library itself has no import-time side
@@ -19,6 +20,14 @@ if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", "")
     os.environ.get("MECJAX_DEFAULT_XLA_FLAGS", "1") == "1":
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_cpu_experimental_ynn_fusion_type=").strip()
+
+
+def say(line: str) -> None:
+  """One line on stderr in one write: N processes of one launch share that stream, and
+  ``print`` writes the text and its newline separately where stderr is unbuffered
+  (``PYTHONUNBUFFERED=1``), so two processes ending together ran their lines into one."""
+  sys.stderr.write(f"{line}\n")
+  sys.stderr.flush()
 
 
 def setup_logging() -> None:

@@ -417,14 +417,14 @@ def parse(argv=None):
 def main(argv=None) -> int:
   from mecjax import checkpoint, configlib
   from mecjax.data.sources import DataError
-  from mecjax.entry import setup_logging
+  from mecjax.entry import say, setup_logging
   args = parse(argv)
   setup_logging()
   try:
     {"knn": knn, "e2mc": e2mc_pictures, "plots": plots,
      "curves": curves}[args.command](args)
   except (configlib.ConfigError, DataError, checkpoint.CheckpointMismatch) as e:
-    print(f"mecjax: error: {e}", file=sys.stderr, flush=True)
+    say(f"mecjax: error: {e}")
     return 2
   return 0
 

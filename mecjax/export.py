@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-from mecjax import entry  # noqa: F401  (default XLA flags, before JAX starts its backend)
+from mecjax import entry  # first: the default XLA flags, before JAX starts its backend
 
 FORMATS = ("torchvision", "safetensors", "detectron2")
 
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
   try:
     state = export(args.workdir, args.format, args.out, target=args.target, step=args.step)
   except (ExportError, configlib.ConfigError) as e:
-    print(f"mecjax: error: {e}", file=sys.stderr, flush=True)
+    entry.say(f"mecjax: error: {e}")
     return 2
   which = "EMA target" if args.target else "online"
   print(f"wrote {args.out}: {which} encoder, {len(state)} arrays, {args.format} layout")

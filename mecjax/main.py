@@ -25,7 +25,7 @@ import logging
 import sys
 
 from mecjax import entry  # noqa: F401  (default XLA flags, before JAX starts its backend)
-from mecjax.entry import setup_logging
+from mecjax.entry import say, setup_logging
 from mecjax.tasks import run_task
 
 from absl import app  # noqa: E402
@@ -36,14 +36,6 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, as configs/NAME.py or configs/NAME.py:VARIANT.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, logs.")
-
-
-def say(line: str) -> None:
-  """One line on stderr in one write: N processes of one launch share that stream, and
-  ``print`` writes the text and its newline separately where stderr is unbuffered
-  (``PYTHONUNBUFFERED=1``), so two processes ending together ran their lines into one."""
-  sys.stderr.write(f"{line}\n")
-  sys.stderr.flush()
 
 
 def fail(message: str, status: int = 2) -> None:

@@ -382,6 +382,24 @@ def test_each_exit_line_reaches_stderr_in_one_write(monkeypatch, raised, status,
   assert exit_.value.code == status and writes == [line]
 
 
+@pytest.mark.parametrize("command", ["evaluate", "export"])
+def test_evaluate_and_export_error_lines_are_one_write(monkeypatch, tmp_path, command):
+  """The other two commands end on a bad workdir with the same one-write line."""
+  from types import SimpleNamespace
+  from mecjax import evaluate, export
+  writes = []
+  monkeypatch.setattr(sys, "stderr", SimpleNamespace(write=writes.append, flush=lambda: None))
+  missing = tmp_path / "none"
+  if command == "evaluate":
+    status = evaluate.main(["curves", "--runs", str(missing), f"--out={tmp_path / 'x.png'}"])
+  else:
+    status = export.main([f"--workdir={missing}", "--format=torchvision",
+                          f"--out={tmp_path / 'x.pth'}"])
+  assert status == 2 and len(writes) == 1
+  assert writes[0].startswith("mecjax: error: ") and writes[0].endswith("\n")
+  assert writes[0].count("\n") == 1 and str(missing.name) in writes[0]
+
+
 @pytest.mark.slow
 def test_two_processes_stop_together_and_a_kill_9_of_one_stops_the_other(
     reference, tmp_path, archive, compile_cache):

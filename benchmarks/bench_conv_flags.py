@@ -3,8 +3,8 @@ library-fusion flags, one child process per flag (XLA_FLAGS is read once, at sta
 
   python benchmarks/bench_conv_flags.py [--width 16] [--batch 512] [--size 32] [--reps 5]
 
-Prints, per flag, the minimum over 3 rounds of ``--reps`` calls of each compiled function
-(milliseconds) and whether XLA put the weight-gradient convolution into a fusion (what the
+Prints, per flag, the minimum over 3 interleaved rounds of ``--reps`` calls of each compiled
+function (milliseconds; ``timing.interleaved``) and whether XLA put the weight-gradient convolution into a fusion (what the
 ``individual_convolution`` fusion types do when they take it). The default row is what
 ``mecjax.main`` runs with (YNNPACK fusions off).
 """
@@ -27,10 +27,9 @@ FLAGS = (
 
 
 def child(width: int, batch: int, size: int, reps: int) -> dict:
-  import time
-
   import jax
-  import jax.numpy as jnp
+
+  import timing
 
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, width))
   w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, width, width)) * 0.1
@@ -44,21 +43,12 @@ def child(width: int, batch: int, size: int, reps: int) -> dict:
       "input_grad": lambda x, w: jax.vjp(lambda x: conv(x, w), x)[1](x)[0],
       "weight_grad": lambda x, w: jax.vjp(lambda w: conv(x, w), w)[1](x)[0],
   }
-  out = {}
-  for name, fn in fns.items():
-    compiled = jax.jit(fn).lower(x, w).compile()
-    jax.block_until_ready(compiled(x, w))
-    times = []
-    for _ in range(3):
-      t = time.perf_counter()
-      for _ in range(reps):
-        r = compiled(x, w)
-      jax.block_until_ready(r)
-      times.append((time.perf_counter() - t) / reps * 1e3)
-    out[name] = min(times)
-    if name == "weight_grad":
-      entry = compiled.as_text().split("ENTRY", 1)[1]
-      out["weight_grad_fused"] = "convolution(" not in entry
+  compiled = {name: jax.jit(fn).lower(x, w).compile() for name, fn in fns.items()}
+  times = timing.interleaved({name: (lambda c=c: c(x, w)) for name, c in compiled.items()},
+                             rounds=3, reps=reps)
+  out = {name: min(t) * 1e3 for name, t in times.items()}
+  entry = compiled["weight_grad"].as_text().split("ENTRY", 1)[1]
+  out["weight_grad_fused"] = "convolution(" not in entry
   return out
 
 

@@ -4,9 +4,9 @@ library-fusion flags, one child process per flag (XLA_FLAGS is read once, at sta
   python benchmarks/bench_conv_flags.py [--width 16] [--batch 512] [--size 32] [--reps 5]
 
 Prints, per flag, the minimum over 3 interleaved rounds of ``--reps`` calls of each compiled
-function (milliseconds; ``timing.interleaved``) and whether XLA put the weight-gradient convolution into a fusion (what the
-``individual_convolution`` fusion types do when they take it). The default row is what
-``mecjax.main`` runs with (YNNPACK fusions off).
+function (milliseconds; ``timing.interleaved``) and whether XLA put the weight-gradient
+convolution into a fusion (what the ``individual_convolution`` fusion types do when they
+take it). The default row is what ``mecjax.main`` runs with (YNNPACK fusions off).
 """
 
 from __future__ import annotations
